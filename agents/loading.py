@@ -1,0 +1,143 @@
+"""``load_teacher``: a shipped name or a checkpoint path -> a frozen, checked teacher policy.
+
+Loaders are registered by file kind, so teachers trained elsewhere (Stable-Baselines3 zips,
+CleanRL state dicts) plug in beside the toolkit's own format.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from agents.networks import TeacherNet
+from agents.teacher_file import TEACHER_FORMAT
+from policy_distill.checkpoint import require_format, safe_torch_load, sha256_file
+from policy_distill.errors import UserError
+from policy_distill.settings import GAMES, EnvSettings, game_info
+
+PRETRAINED_DIR = Path(__file__).resolve().parent / "pretrained"
+
+
+@dataclass(frozen=True)
+class TeacherSource:
+    """Where a teacher came from, recorded in datasets and students."""
+
+    name: str
+    """Shipped name or file name."""
+    path: str
+    """Absolute path of the file loaded."""
+    sha256: str
+    """SHA-256 of that file."""
+    kind: str
+    """Loader kind: ``policy-distill`` (more kinds for imported teachers)."""
+
+
+class Teacher(nn.Module):
+    """A frozen teacher policy: ``log_probs([B, 4, 84, 84] float in [0, 1]) -> [B, A]``.
+
+    Parameters never require gradients, and the module stays in eval mode, so teacher
+    input-gradients (the Sobolev targets) cost no parameter-gradient work.
+    """
+
+    def __init__(self, net: nn.Module, settings: EnvSettings, source: TeacherSource) -> None:
+        super().__init__()
+        self.net = net.eval()
+        self.settings = settings
+        self.source = source
+        self.num_actions = settings.num_actions
+        for p in self.net.parameters():
+            p.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> Teacher:
+        # A teacher is never put in training mode (no dropout/batch-norm updates).
+        return super().train(False)
+
+    def log_probs(self, x: Tensor) -> Tensor:
+        return self.net.log_probs(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.log_probs(x)
+
+
+def shipped_teachers() -> list[str]:
+    """Names of the teachers committed under ``agents/pretrained``."""
+    return sorted(p.stem for p in PRETRAINED_DIR.glob("*.pt"))
+
+
+def _resolve(name_or_path: str | Path) -> tuple[Path, str]:
+    text = str(name_or_path)
+    path = Path(text)
+    if path.suffix or path.exists() or "/" in text:
+        return path, path.name
+    try:
+        game = game_info(text).name
+    except UserError:
+        game = text
+    candidate = PRETRAINED_DIR / f"{game}.pt"
+    if not candidate.exists():
+        raise UserError(
+            f"no shipped teacher named {text!r} (shipped: {', '.join(shipped_teachers()) or 'none'}); "
+            "pass a checkpoint path or train one with `make teacher GAME=...`"
+        )
+    return candidate, game
+
+
+def _load_native(record: Any, path: Path) -> tuple[nn.Module, EnvSettings]:
+    record = require_format(record, TEACHER_FORMAT, path, what="teacher checkpoint")
+    try:
+        settings = EnvSettings.from_dict(record["settings"])
+        state = {k: v.float() for k, v in record["state_dict"].items()}
+        num_actions = int(record["num_actions"])
+    except (KeyError, TypeError, AttributeError) as e:
+        raise UserError(f"teacher checkpoint {str(path)!r} is missing {e}; it is corrupted") from None
+    if num_actions != settings.num_actions or state["policy_head.weight"].shape[0] != num_actions:
+        raise UserError(
+            f"teacher {str(path)!r} has {state['policy_head.weight'].shape[0]} actions but "
+            f"{settings.game} has {settings.num_actions}; the checkpoint is corrupted"
+        )
+    net = TeacherNet(num_actions, in_frames=settings.stack)
+    try:
+        net.load_state_dict(state)
+    except RuntimeError as e:
+        raise UserError(f"teacher checkpoint {str(path)!r} does not fit the teacher network ({str(e).splitlines()[0]})") from None
+    return net, settings
+
+
+def load_teacher(
+    name_or_path: str | Path,
+    *,
+    game: str | None = None,
+    settings: EnvSettings | None = None,
+    device: str | torch.device = "cpu",
+) -> Teacher:
+    """Load a teacher by shipped name (``pong``) or path, and check it against its use.
+
+    Args:
+        name_or_path: A shipped teacher name or a checkpoint file.
+        game: If given, the teacher must play this game.
+        settings: If given, the teacher's settings record must equal it.
+        device: Where to put the network.
+
+    Raises:
+        UserError: unknown name, missing/truncated/corrupted/pickled file, wrong game, or
+            settings that do not match, each as one line naming the fix.
+    """
+    path, name = _resolve(name_or_path)
+    record = safe_torch_load(path, what="teacher checkpoint")
+    net, teacher_settings = _load_native(record, path)
+    if game is not None and game_info(game).name != teacher_settings.game:
+        raise UserError(
+            f"teacher {str(path)!r} plays {teacher_settings.game}, not {game_info(game).name}; "
+            f"pass a {game_info(game).name} teacher (shipped: {', '.join(shipped_teachers())})"
+        )
+    if settings is not None:
+        teacher_settings.check_matches(settings, mine="teacher", theirs="environment")
+    source = TeacherSource(name=name, path=str(path.resolve()), sha256=sha256_file(path), kind="policy-distill")
+    return Teacher(net, teacher_settings, source).to(device)
+
+
+__all__ = ["GAMES", "Teacher", "TeacherSource", "load_teacher", "shipped_teachers"]

@@ -1,0 +1,3 @@
+from policy_distill.cli import main
+
+raise SystemExit(main())

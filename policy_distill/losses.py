@@ -1,0 +1,292 @@
+"""Distillation losses: KL between policies and Sobolev (input-gradient matching) terms.
+
+Paper: W. M. Czarnecki, S. Osindero, M. Jaderberg, G. Swirszcz, R. Pascanu, "Sobolev Training
+for Neural Networks", NeurIPS 2017. Section 4.2 (policy distillation):
+
+    min_theta  KL(pi(s|theta) || pi*(s))
+               + alpha * E_v || grad_s <log pi*(s), v> - grad_s <log pi(s|theta), v> ||
+
+with v uniform on the unit sphere of R^|A| and the expectation estimated by Monte Carlo.
+Section 4.1 (regression) uses the exact gradient of a scalar output with squared-L2 distances.
+
+Every loss here is a mean over samples, never a sum, so its scale does not grow with the batch.
+Shapes: ``B`` batch, ``A`` actions, ``D...`` input dims (``4, 84, 84`` for Atari frames).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+KLDirection = Literal["student_teacher", "teacher_student"]
+GradNorm = Literal["l2", "squared_l2", "l1"]
+LogProbFn = Callable[[Tensor], Tensor]
+"""``[B, D...] float -> [B, A]`` log-probabilities (a policy's ``log_probs``)."""
+
+
+def kl_divergence(
+    student_logp: Tensor,
+    teacher_logp: Tensor,
+    *,
+    direction: KLDirection = "student_teacher",
+    temperature: float = 1.0,
+) -> Tensor:
+    """Mean KL divergence between two categorical policies.
+
+    ``student_teacher`` (the paper's, section 4.2):
+        KL(pi || pi*) = (1/B) sum_b sum_a pi(a|s_b) (log pi(a|s_b) - log pi*(a|s_b))
+    ``teacher_student`` swaps the roles (Hinton et al.'s distillation direction).
+
+    With ``temperature`` T != 1 both distributions are first softened to softmax(log p / T),
+    which equals softmax(logits / T).
+
+    Args:
+        student_logp: ``[B, A]`` log-probabilities of the student.
+        teacher_logp: ``[B, A]`` log-probabilities of the teacher (no gradient flows to it).
+
+    Returns:
+        Scalar: the mean over the batch of the per-sample KL (>= 0).
+    """
+    if temperature != 1.0:
+        student_logp = torch.log_softmax(student_logp / temperature, dim=-1)
+        teacher_logp = torch.log_softmax(teacher_logp / temperature, dim=-1)
+    teacher_logp = teacher_logp.detach()
+    if direction == "student_teacher":
+        p_logp, q_logp = student_logp, teacher_logp
+    elif direction == "teacher_student":
+        p_logp, q_logp = teacher_logp, student_logp
+    else:
+        raise ValueError(f"unknown KL direction {direction!r}")
+    per_sample = (p_logp.exp() * (p_logp - q_logp)).sum(dim=-1)
+    return per_sample.mean()
+
+
+def sample_unit_sphere(shape: tuple[int, ...], num_actions: int, *, generator: torch.Generator | None = None,
+                       device: torch.device | str = "cpu") -> Tensor:
+    """Directions drawn uniformly on the unit sphere of R^A: ``[*shape, A]``.
+
+    A normalised standard Gaussian is uniform on the sphere (Muller 1959).
+    """
+    v = torch.randn((*shape, num_actions), generator=generator, device=device)
+    return v / v.norm(dim=-1, keepdim=True)
+
+
+def input_vjp(
+    outputs: Tensor, inputs: Tensor, v: Tensor, *, create_graph: bool, retain_graph: bool | None = None
+) -> Tensor:
+    """Per-sample input-gradient of a projection: ``grad_x <f(x_b), v_b>`` for every b.
+
+    Because sample b's output depends only on input b, one vector-Jacobian product of
+    ``sum_b <f(x_b), v_b>`` gives all B gradients at once.
+
+    Args:
+        outputs: ``[B, A]`` = f(inputs), still attached to the graph.
+        inputs: ``[B, D...]`` with ``requires_grad``.
+        v: ``[B, A]`` projection directions.
+        create_graph: True to differentiate the result again (the student's side).
+        retain_graph: Keep the graph for another product (default: ``create_graph``).
+
+    Returns:
+        ``[B, D...]`` gradients.
+    """
+    (grad,) = torch.autograd.grad(
+        (outputs * v).sum(), inputs, create_graph=create_graph, retain_graph=retain_graph
+    )
+    return grad
+
+
+def gradient_distance(a: Tensor, b: Tensor, norm: GradNorm = "l2") -> Tensor:
+    """Per-sample distance between two gradient fields ``[B, D...]`` -> ``[B]``.
+
+    ``l2`` is the paper's ||a - b||_2; ``squared_l2`` is ||a - b||_2^2; ``l1`` is ||a - b||_1.
+    """
+    diff = (a - b).flatten(1)
+    if norm == "l2":
+        # The epsilon keeps the gradient of the norm finite when the two gradients coincide.
+        return (diff.pow(2).sum(dim=1) + 1e-12).sqrt()
+    if norm == "squared_l2":
+        return diff.pow(2).sum(dim=1)
+    if norm == "l1":
+        return diff.abs().sum(dim=1)
+    raise ValueError(f"unknown gradient norm {norm!r}")
+
+
+@dataclass(frozen=True)
+class DistillLoss:
+    """The terms of one distillation loss evaluation (scalars, ``total`` differentiable)."""
+
+    total: Tensor
+    kl: Tensor
+    sobolev: Tensor
+
+
+def teacher_projected_gradients(teacher: LogProbFn, x: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+    """The teacher's Sobolev targets: one forward and one VJP per projection.
+
+    Args:
+        teacher: Frozen teacher ``log_probs`` (parameters need no gradient).
+        x: ``[B, D...]`` float inputs (not modified).
+        v: ``[K, B, A]`` directions.
+
+    Returns:
+        ``(teacher_logp [B, A] detached, grads [K, B, D...] detached)``.
+    """
+    x_t = x.detach().requires_grad_(True)
+    with torch.enable_grad():
+        logp = teacher(x_t)
+        last = v.shape[0] - 1
+        grads = [
+            input_vjp(logp, x_t, v[k], create_graph=False, retain_graph=k < last) for k in range(last + 1)
+        ]
+    return logp.detach(), torch.stack(grads)
+
+
+def sobolev_projection_loss(
+    student_logp: Tensor,
+    x: Tensor,
+    teacher_grads: Tensor,
+    v: Tensor,
+    *,
+    norm: GradNorm = "l2",
+) -> Tensor:
+    """Stochastic Sobolev term of section 4.2, averaged over samples and K projections.
+
+        (1/(K B)) sum_k sum_b || grad_s <log pi*(s_b), v_kb> - grad_s <log pi(s_b|theta), v_kb> ||
+
+    Args:
+        student_logp: ``[B, A]`` student log-probabilities computed from ``x``.
+        x: ``[B, D...]`` the student's input, with ``requires_grad``.
+        teacher_grads: ``[K, B, D...]`` from :func:`teacher_projected_gradients` with the same v.
+        v: ``[K, B, A]`` unit directions.
+        norm: Per-sample distance (see :func:`gradient_distance`).
+
+    Returns:
+        Scalar, differentiable w.r.t. the student's parameters (double backward).
+    """
+    total = student_logp.new_zeros(())
+    for k in range(v.shape[0]):
+        # create_graph keeps the graph alive for the next projection and the final backward.
+        g_s = input_vjp(student_logp, x, v[k], create_graph=True)
+        total = total + gradient_distance(teacher_grads[k], g_s, norm).mean()
+    return total / v.shape[0]
+
+
+def input_jacobian(log_prob_fn: LogProbFn, x: Tensor, *, create_graph: bool) -> tuple[Tensor, Tensor]:
+    """Full input Jacobian of log pi: |A| vector-Jacobian products, one per action.
+
+    Args:
+        log_prob_fn: ``[B, D...] -> [B, A]``.
+        x: ``[B, D...]`` float inputs.
+        create_graph: True to differentiate the Jacobian again.
+
+    Returns:
+        ``(logp [B, A], jacobian [A, B, D...])`` with ``jacobian[a, b] = grad_x log pi(a|x_b)``.
+    """
+    x_in = x if x.requires_grad else x.detach().requires_grad_(True)
+    with torch.enable_grad():
+        logp = log_prob_fn(x_in)
+        eye = torch.eye(logp.shape[1], device=logp.device, dtype=logp.dtype)
+        last = logp.shape[1] - 1
+        rows = [
+            input_vjp(logp, x_in, eye[a].expand_as(logp), create_graph=create_graph,
+                      retain_graph=create_graph or a < last)
+            for a in range(last + 1)
+        ]
+    return logp, torch.stack(rows)
+
+
+def sobolev_exact_loss(
+    student: LogProbFn, teacher: LogProbFn, x: Tensor, *, norm: GradNorm = "squared_l2"
+) -> tuple[Tensor, Tensor]:
+    """Exact Jacobian-matching term: the mean over actions of per-action gradient distances.
+
+        (1/(A B)) sum_b sum_a dist( grad_s log pi*(a|s_b), grad_s log pi(a|s_b|theta) )
+
+    For ``squared_l2`` this equals the expectation that :func:`sobolev_projection_loss`
+    estimates, since E_v[v v^T] = I / A for v uniform on the unit sphere:
+    E_v ||dJ^T v||^2 = ||dJ||_F^2 / A. For ``l2``/``l1`` it is the standard-basis analogue.
+
+    Returns:
+        ``(loss scalar, student_logp [B, A])``.
+    """
+    _, j_teacher = input_jacobian(teacher, x, create_graph=False)
+    x_s = x.detach().requires_grad_(True)
+    student_logp, j_student = input_jacobian(student, x_s, create_graph=True)
+    per_action = torch.stack(
+        [gradient_distance(j_teacher[a].detach(), j_student[a], norm) for a in range(j_student.shape[0])]
+    )
+    return per_action.mean(), student_logp
+
+
+def distillation_loss(
+    student: LogProbFn,
+    x: Tensor,
+    teacher_logp: Tensor,
+    *,
+    teacher: LogProbFn | None = None,
+    alpha: float = 0.0,
+    num_projections: int = 1,
+    norm: GradNorm = "l2",
+    kl_direction: KLDirection = "student_teacher",
+    temperature: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> DistillLoss:
+    """KL plus, when ``alpha > 0``, the stochastic Sobolev term, from one student forward.
+
+    Args:
+        student: Student ``log_probs``.
+        x: ``[B, D...]`` float inputs in [0, 1].
+        teacher_logp: ``[B, A]`` teacher log-probabilities (stored in the dataset).
+        teacher: Teacher ``log_probs``, needed only when ``alpha > 0``.
+        alpha: Weight of the Sobolev term (0: KL only, no double backward).
+        num_projections: K, Monte Carlo directions per sample.
+        norm, kl_direction, temperature: see the functions above.
+        generator: RNG for the directions v.
+    """
+    if alpha <= 0.0:
+        student_logp = student(x)
+        kl = kl_divergence(student_logp, teacher_logp, direction=kl_direction, temperature=temperature)
+        return DistillLoss(total=kl, kl=kl, sobolev=kl.new_zeros(()))
+    if teacher is None:
+        raise ValueError("the Sobolev term needs the teacher (alpha > 0)")
+    v = sample_unit_sphere((num_projections, x.shape[0]), teacher_logp.shape[1], generator=generator,
+                           device=x.device)
+    _, teacher_grads = teacher_projected_gradients(teacher, x, v)
+    x_s = x.detach().requires_grad_(True)
+    student_logp = student(x_s)
+    kl = kl_divergence(student_logp, teacher_logp, direction=kl_direction, temperature=temperature)
+    sob = sobolev_projection_loss(student_logp, x_s, teacher_grads, v, norm=norm)
+    return DistillLoss(total=kl + alpha * sob, kl=kl, sobolev=sob)
+
+
+def value_and_gradient_loss(
+    model: Callable[[Tensor], Tensor], x: Tensor, y: Tensor, dy: Tensor | None
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Section 4.1's objective for a scalar-output model: values plus exact input-gradients.
+
+        (1/N) sum_i (f(x_i) - m(x_i))^2 + || grad f(x_i) - grad_x m(x_i) ||_2^2
+
+    Built from :func:`input_vjp` and :func:`gradient_distance`, the same code as the Atari term.
+
+    Args:
+        model: ``[N, D] -> [N]``.
+        x: ``[N, D]`` inputs.
+        y: ``[N]`` target values.
+        dy: ``[N, D]`` target gradients, or None to train on values only.
+
+    Returns:
+        ``(total, value_mse, grad_mse)``; ``grad_mse`` is zero (and not computed) when ``dy`` is None.
+    """
+    if dy is None:
+        value_mse = (model(x) - y).pow(2).mean()
+        return value_mse, value_mse, value_mse.new_zeros(())
+    x_in = x.detach().requires_grad_(True)
+    pred = model(x_in)
+    grad = input_vjp(pred[:, None], x_in, torch.ones_like(pred)[:, None], create_graph=True)
+    value_mse = (pred - y).pow(2).mean()
+    grad_mse = gradient_distance(dy, grad, "squared_l2").mean()
+    return value_mse + grad_mse, value_mse, grad_mse
