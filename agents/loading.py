@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from agents.imported import is_cleanrl_state_dict, is_sb3_zip, load_cleanrl_state_dict, load_sb3_zip
 from agents.networks import TeacherNet
 from agents.teacher_file import TEACHER_FORMAT
 from policy_distill.checkpoint import require_format, safe_torch_load, sha256_file
@@ -33,7 +34,8 @@ class TeacherSource:
     sha256: str
     """SHA-256 of that file."""
     kind: str
-    """Loader kind: ``policy-distill`` (more kinds for imported teachers)."""
+    """Loader kind: ``policy-distill``, or for imported teachers ``sb3-ppo``, ``sb3-a2c``,
+    ``sb3-dqn``, ``sb3-qrdqn``, ``cleanrl-ppo``, ``cleanrl-dqn`` (see ``agents/imported.py``)."""
 
 
 class Teacher(nn.Module):
@@ -51,6 +53,7 @@ class Teacher(nn.Module):
         self.num_actions = settings.num_actions
         for p in self.net.parameters():
             p.requires_grad_(False)
+        self.eval()
 
     def train(self, mode: bool = True) -> Teacher:
         # A teacher is never put in training mode (no dropout/batch-norm updates).
@@ -103,7 +106,9 @@ def _load_native(record: Any, path: Path) -> tuple[nn.Module, EnvSettings]:
     try:
         net.load_state_dict(state)
     except RuntimeError as e:
-        raise UserError(f"teacher checkpoint {str(path)!r} does not fit the teacher network ({str(e).splitlines()[0]})") from None
+        raise UserError(
+            f"teacher checkpoint {str(path)!r} does not fit the teacher network ({str(e).splitlines()[0]})"
+        ) from None
     return net, settings
 
 
@@ -117,8 +122,12 @@ def load_teacher(
     """Load a teacher by shipped name (``pong``) or path, and check it against its use.
 
     Args:
-        name_or_path: A shipped teacher name or a checkpoint file.
-        game: If given, the teacher must play this game.
+        name_or_path: A shipped teacher name or a checkpoint file: the toolkit's own, a
+            Stable-Baselines3 / RL Zoo ``.zip`` (PPO, A2C, DQN, QR-DQN CnnPolicy) or a CleanRL
+            Atari state dict (``ppo_atari``, ``dqn_atari``).
+        game: If given, the teacher must play this game. Required for CleanRL files, which do
+            not record their game; SB3 zips fall back to an RL Zoo file name
+            (``PongNoFrameskip-v4.zip``).
         settings: If given, the teacher's settings record must equal it.
         device: Where to put the network.
 
@@ -127,8 +136,17 @@ def load_teacher(
             settings that do not match, each as one line naming the fix.
     """
     path, name = _resolve(name_or_path)
-    record = safe_torch_load(path, what="teacher checkpoint")
-    net, teacher_settings = _load_native(record, path)
+    kind = "policy-distill"
+    if is_sb3_zip(path) or (path.suffix == ".zip" and path.is_file()):
+        imported = load_sb3_zip(path, game=game)
+        net, teacher_settings, kind = imported.net, imported.settings, imported.kind
+    else:
+        record = safe_torch_load(path, what="teacher checkpoint")
+        if is_cleanrl_state_dict(record):
+            imported = load_cleanrl_state_dict(record, path, game=game)
+            net, teacher_settings, kind = imported.net, imported.settings, imported.kind
+        else:
+            net, teacher_settings = _load_native(record, path)
     if game is not None and game_info(game).name != teacher_settings.game:
         raise UserError(
             f"teacher {str(path)!r} plays {teacher_settings.game}, not {game_info(game).name}; "
@@ -136,7 +154,7 @@ def load_teacher(
         )
     if settings is not None:
         teacher_settings.check_matches(settings, mine="teacher", theirs="environment")
-    source = TeacherSource(name=name, path=str(path.resolve()), sha256=sha256_file(path), kind="policy-distill")
+    source = TeacherSource(name=name, path=str(path.resolve()), sha256=sha256_file(path), kind=kind)
     return Teacher(net, teacher_settings, source).to(device)
 
 

@@ -149,7 +149,9 @@ def train_ppo(cfg: PPOConfig, out_dir: str | Path) -> Path:
     state_path = out_dir / "trainer_state.pt"
     if state_path.exists():
         state = require_format(
-            safe_torch_load(state_path, what="trainer state"), TRAINER_FORMAT, state_path,
+            safe_torch_load(state_path, what="trainer state"),
+            TRAINER_FORMAT,
+            state_path,
             what="trainer state",
         )
         saved = PPOConfig(**state["config"])
@@ -166,17 +168,21 @@ def train_ppo(cfg: PPOConfig, out_dir: str | Path) -> Path:
 
     writer = SummaryWriter(str(out_dir), purge_step=global_step or None)
     if first_update == 1:
-        writer.add_text("hyperparameters", "\n".join(f"|{k}|{v}|" for k, v in dataclasses.asdict(cfg).items()))
+        writer.add_text(
+            "hyperparameters", "\n".join(f"|{k}|{v}|" for k, v in dataclasses.asdict(cfg).items())
+        )
 
     env = make_vector_env(settings, cfg.num_envs)
     tracker = GameTracker(cfg.num_envs, life_loss_terminal=settings.life_loss_terminal)
     env_ids = np.arange(cfg.num_envs)
     next_obs_np, info = env.reset(seed=int(rng.integers(2**31)) + first_update)
-    tracker._frame[:] = info["episode_frame_number"]
+    tracker.start(env_ids, info["episode_frame_number"])
     next_obs = torch.from_numpy(next_obs_np).to(device)
     next_done = torch.zeros(cfg.num_envs, device=device)
 
-    obs_buf = torch.zeros((cfg.num_steps, cfg.num_envs, *next_obs.shape[1:]), dtype=torch.uint8, device=device)
+    obs_buf = torch.zeros(
+        (cfg.num_steps, cfg.num_envs, *next_obs.shape[1:]), dtype=torch.uint8, device=device
+    )
     actions_buf = torch.zeros((cfg.num_steps, cfg.num_envs), dtype=torch.long, device=device)
     logp_buf = torch.zeros((cfg.num_steps, cfg.num_envs), device=device)
     rewards_buf = torch.zeros((cfg.num_steps, cfg.num_envs), device=device)
@@ -241,8 +247,13 @@ def train_ppo(cfg: PPOConfig, out_dir: str | Path) -> Path:
                 idx = order[begin : begin + minibatch]
                 with autocast(device):
                     loss, stats = _ppo_loss(
-                        net, cfg, b_obs[idx].contiguous(memory_format=torch.channels_last),
-                        b_actions[idx], b_logp[idx], b_adv[idx], b_returns[idx],
+                        net,
+                        cfg,
+                        b_obs[idx].contiguous(memory_format=torch.channels_last),
+                        b_actions[idx],
+                        b_logp[idx],
+                        b_adv[idx],
+                        b_returns[idx],
                     )
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -257,8 +268,11 @@ def train_ppo(cfg: PPOConfig, out_dir: str | Path) -> Path:
             writer.add_scalar(f"losses/{key}", value, global_step)
         if update % 10 == 0 or update == cfg.num_updates:
             mean20 = float(np.mean(recent_scores[-20:])) if recent_scores else float("nan")
-            print(f"update {update}/{cfg.num_updates} step {global_step:,} sps {sps:.0f} "
-                  f"return(last 20) {mean20:.1f}", flush=True)
+            print(
+                f"update {update}/{cfg.num_updates} step {global_step:,} sps {sps:.0f} "
+                f"return(last 20) {mean20:.1f}",
+                flush=True,
+            )
         if update % cfg.checkpoint_every == 0 or update == cfg.num_updates:
             wall = elapsed_before + elapsed
             _save(net, optimizer, cfg, settings, out_dir, global_step, update, wall, recent_scores)
@@ -303,3 +317,33 @@ def _save(
         "training_return_last20": float(np.mean(recent_scores[-20:])) if recent_scores else None,
     }
     atomic_torch_save(teacher_record(model_state, settings, training), out_dir / "teacher.pt")
+
+
+def export_teacher(run_dir: str | Path, out_path: str | Path, *, half: bool = True) -> Path:
+    """Write the policy of a training run as a shippable teacher checkpoint.
+
+    Args:
+        run_dir: A ``train-teacher`` output directory (reads its ``trainer_state.pt``).
+        out_path: Destination, e.g. ``agents/pretrained/pong.pt``.
+        half: Store weights as float16 (half the size; they load back as float32).
+    """
+    run_dir = Path(run_dir)
+    state_path = run_dir / "trainer_state.pt"
+    state = require_format(
+        safe_torch_load(state_path, what="trainer state"), TRAINER_FORMAT, state_path, what="trainer state"
+    )
+    cfg = PPOConfig(**state["config"])
+    settings = cfg.settings()
+    model = {k: (v.half() if half and v.is_floating_point() else v) for k, v in state["model"].items()}
+    training = {
+        "algorithm": "PPO (clipped, GAE)",
+        "hyperparameters": dataclasses.asdict(cfg),
+        "agent_steps": state["global_step"],
+        "emulator_frames": state["global_step"] * settings.frameskip,
+        "wall_time_s": round(state["wall_time_s"], 1),
+        "hardware": hardware_description(),
+        "weights_dtype": "float16" if half else "float32",
+    }
+    out_path = Path(out_path)
+    atomic_torch_save(teacher_record(model, settings, training), out_path)
+    return out_path

@@ -12,6 +12,7 @@ import json
 import os
 import pickle
 import platform
+import re
 import tempfile
 import zipfile
 from pathlib import Path
@@ -69,10 +70,11 @@ def safe_torch_load(path: str | Path, *, what: str) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        found = re.search(r"GLOBAL ([\w.]+)", str(e))
+        detail = f" ({found.group(1)})" if found else ""
         raise UserError(
-            f"{what} {str(path)!r} holds pickled Python objects, which are never loaded "
-            f"for safety ({first[:120]}); export it as a plain state dict"
+            f"{what} {str(path)!r} holds pickled Python objects{detail}, which are never loaded "
+            "for safety; export it as a plain state dict of tensors"
         ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
         raise UserError(
@@ -105,7 +107,8 @@ def package_versions() -> dict[str, str]:
     """Versions of the packages whose behaviour a result depends on."""
     from importlib.metadata import PackageNotFoundError, version
 
-    out = {"python": platform.python_version(), "torch": torch.__version__}
+    # str(): torch.__version__ is a TorchVersion object, which weights_only loading refuses.
+    out = {"python": platform.python_version(), "torch": str(torch.__version__)}
     for name in ("ale-py", "gymnasium", "numpy", "policy-distill"):
         try:
             out[name] = version(name)

@@ -19,7 +19,10 @@ from policy_distill.errors import UserError
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
         # One line and exit 2, like every other user error (argparse's default adds usage).
-        print(f"error: {message}; see `python -m policy_distill {self.prog.split()[-1]} --help`", file=sys.stderr)
+        print(
+            f"error: {message}; see `python -m policy_distill {self.prog.split()[-1]} --help`",
+            file=sys.stderr,
+        )
         raise SystemExit(2)
 
 
@@ -39,9 +42,99 @@ def cmd_train_teacher(args: argparse.Namespace) -> dict[str, Any]:
     return {"teacher": str(path)}
 
 
+def cmd_export_teacher(args: argparse.Namespace) -> dict[str, Any]:
+    from agents.ppo import export_teacher
+
+    path = export_teacher(args.run, args.out, half=not args.float32)
+    print(f"wrote {path}")
+    return {"teacher": str(path)}
+
+
+def cmd_evaluate_teacher(args: argparse.Namespace) -> dict[str, Any]:
+    from agents.loading import load_teacher
+    from policy_distill.evaluation import evaluate_policy
+
+    teacher = load_teacher(args.teacher, game=args.game)
+    _check_positive(episodes=args.episodes)
+    result = evaluate_policy(teacher, teacher.settings, args.episodes, seed=args.seed, greedy=args.greedy)
+    print(
+        f"teacher {teacher.source.name} on {teacher.settings.game}: {result.mean:.2f} +- {result.std:.2f} "
+        f"over {args.episodes} games (human-normalised {result.human_normalized:.3f})"
+    )
+    return {"teacher": teacher.source.name, "game": teacher.settings.game, **result.summary()}
+
+
+def cmd_collect(args: argparse.Namespace) -> dict[str, Any]:
+    from agents.loading import load_teacher
+    from policy_distill.collect import CollectConfig, collect
+    from policy_distill.config_args import config_from_args
+    from policy_distill.settings import game_info
+
+    game = game_info(args.game).name
+    cfg = config_from_args(CollectConfig, args)
+    _check_positive(frames=cfg.frames, num_envs=cfg.num_envs, batch_size=cfg.batch_size)
+    teacher = load_teacher(args.teacher or game, game=game)
+    meta = collect(
+        teacher, cfg, args.out or f"data/{game}", overwrite=args.overwrite, progress=not args.no_progress
+    )
+    keys = ("game", "frames", "episodes", "complete_episodes", "collection_fps", "teacher_score_mean")
+    return {"dataset": str(args.out or f"data/{game}"), **{k: meta[k] for k in keys}}
+
+
+def cmd_distill(args: argparse.Namespace) -> dict[str, Any]:
+    from policy_distill.config_args import config_from_args
+    from policy_distill.distill import DistillConfig, distill
+
+    cfg = config_from_args(DistillConfig, args)
+    result = distill(cfg)
+    print(
+        f"best student: {result['best_checkpoint']} (test KL {result['best_test_kl']:.4f}); "
+        f"TensorBoard: tensorboard --logdir {result['run_dir']}"
+    )
+    return result
+
+
+def cmd_evaluate(args: argparse.Namespace) -> dict[str, Any]:
+    from agents.loading import load_teacher
+    from policy_distill.evaluation import evaluate_policy
+    from policy_distill.student import load_student
+
+    _check_positive(episodes=args.episodes)
+    student = load_student(args.checkpoint)
+    settings = student.settings
+    result = {"checkpoint": args.checkpoint, "game": settings.game}
+    s = evaluate_policy(student, settings, args.episodes, seed=args.seed, greedy=args.greedy)
+    print(
+        f"student {args.checkpoint}: {s.mean:.2f} +- {s.std:.2f} over {args.episodes} games "
+        f"(human-normalised {s.human_normalized:.3f})"
+    )
+    result["student"] = s.summary()
+    if not args.no_teacher:
+        teacher_ref = args.teacher or student.record.get("teacher", {}).get("path") or settings.game
+        teacher = load_teacher(teacher_ref, game=settings.game, settings=settings)
+        t = evaluate_policy(teacher, settings, args.episodes, seed=args.seed, greedy=args.greedy)
+        print(
+            f"teacher {teacher.source.name}: {t.mean:.2f} +- {t.std:.2f} over {args.episodes} games "
+            f"(human-normalised {t.human_normalized:.3f})"
+        )
+        result["teacher"] = t.summary()
+        result["student_over_teacher_hns"] = (
+            s.human_normalized / t.human_normalized if t.human_normalized else None
+        )
+    return result
+
+
+def _check_positive(**values: int) -> None:
+    for name, value in values.items():
+        if value is not None and value < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from agents.ppo import PPOConfig
+    from policy_distill.collect import CollectConfig
     from policy_distill.config_args import add_config_arguments
+    from policy_distill.distill import DistillConfig
 
     parser = _Parser(prog="policy_distill", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -52,6 +145,49 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="run directory (default runs/teachers/<game>); resumes if present")
     p.add_argument("--json", action="store_true", help="print the result as JSON on the last line")
     p.set_defaults(func=cmd_train_teacher)
+
+    p = sub.add_parser("export-teacher", help="write a training run's policy as a teacher checkpoint")
+    p.add_argument("--run", required=True, help="train-teacher output directory")
+    p.add_argument("--out", required=True, help="destination, e.g. agents/pretrained/pong.pt")
+    p.add_argument("--float32", action="store_true", help="keep float32 weights (default float16)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON on the last line")
+    p.set_defaults(func=cmd_export_teacher)
+
+    p = sub.add_parser("evaluate-teacher", help="play a teacher and print its raw score")
+    p.add_argument("--teacher", default="pong", help="shipped name (pong) or checkpoint path")
+    p.add_argument("--game", help="check that the teacher plays this game")
+    p.add_argument("--episodes", type=int, default=20, help="games to play (default 20)")
+    p.add_argument("--seed", type=int, default=1000, help="evaluation seed (default 1000)")
+    p.add_argument("--greedy", action="store_true", help="argmax actions instead of sampling")
+    p.add_argument("--json", action="store_true", help="print the result as JSON on the last line")
+    p.set_defaults(func=cmd_evaluate_teacher)
+
+    p = sub.add_parser("collect", help="record a teacher playing into data/<game>/")
+    p.add_argument("--game", required=True, help="pong, breakout or space_invaders")
+    p.add_argument("--teacher", help="shipped name or checkpoint path (default: the game's shipped teacher)")
+    add_config_arguments(p, CollectConfig)
+    p.add_argument("--out", help="dataset directory (default data/<game>)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing dataset")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true", help="print the result as JSON on the last line")
+    p.set_defaults(func=cmd_collect)
+
+    p = sub.add_parser("distill", help="distil a student from a teacher's recorded play")
+    add_config_arguments(p, DistillConfig)
+    p.add_argument("--json", action="store_true", help="print the result as JSON on the last line")
+    p.set_defaults(func=cmd_distill)
+
+    p = sub.add_parser("evaluate", help="play a student checkpoint (and its teacher) and print raw scores")
+    p.add_argument("--checkpoint", required=True, help="student checkpoint (runs/<game>/<run>/best.pt)")
+    p.add_argument("--episodes", type=int, default=10, help="games to play (default 10)")
+    p.add_argument("--seed", type=int, default=1000, help="evaluation seed (default 1000)")
+    p.add_argument("--greedy", action="store_true", help="argmax actions instead of sampling")
+    p.add_argument(
+        "--teacher", help="teacher to compare with (default: the one the student was distilled from)"
+    )
+    p.add_argument("--no-teacher", action="store_true", help="do not play the teacher")
+    p.add_argument("--json", action="store_true", help="print the result as JSON on the last line")
+    p.set_defaults(func=cmd_evaluate)
     return parser
 
 

@@ -47,13 +47,21 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, *, skip: tu
         flag = "--" + f.name.replace("_", "-")
         hint = hints[f.name]
         default = f.default if f.default is not dataclasses.MISSING else None
-        help_text = f"{docs.get(f.name, '')} (default: {default})"
+        # argparse %-formats help strings, so a literal % (as in "x%") must be doubled.
+        help_text = f"{docs.get(f.name, '')} (default: {default})".replace("%", "%%")
         if hint is bool:
-            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+            parser.add_argument(
+                flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text
+            )
         else:
-            base = typing.get_args(hint)[0] if typing.get_origin(hint) in (typing.Union, getattr(__import__("types"), "UnionType", None)) else hint
-            parser.add_argument(flag, dest=f.name, type=base, default=None, help=help_text,
-                                metavar=f.name.upper())
+            base = (
+                typing.get_args(hint)[0]
+                if typing.get_origin(hint) in (typing.Union, getattr(__import__("types"), "UnionType", None))
+                else hint
+            )
+            parser.add_argument(
+                flag, dest=f.name, type=base, default=None, help=help_text, metavar=f.name.upper()
+            )
 
 
 def config_from_args(cls: type[T], args: argparse.Namespace, **overrides: Any) -> T:

@@ -69,6 +69,12 @@ class GameTracker:
         self.lengths = np.zeros(num_envs, dtype=np.int64)
         self._frame = np.zeros(num_envs, dtype=np.int64)
 
+    def start(self, env_ids: np.ndarray, episode_frame_number: np.ndarray) -> None:
+        """Begin accounting for environments whose first observation just arrived."""
+        self.returns[env_ids] = 0.0
+        self.lengths[env_ids] = 0
+        self._frame[env_ids] = episode_frame_number
+
     def update(
         self,
         env_ids: np.ndarray,

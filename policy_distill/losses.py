@@ -65,8 +65,13 @@ def kl_divergence(
     return per_sample.mean()
 
 
-def sample_unit_sphere(shape: tuple[int, ...], num_actions: int, *, generator: torch.Generator | None = None,
-                       device: torch.device | str = "cpu") -> Tensor:
+def sample_unit_sphere(
+    shape: tuple[int, ...],
+    num_actions: int,
+    *,
+    generator: torch.Generator | None = None,
+    device: torch.device | str = "cpu",
+) -> Tensor:
     """Directions drawn uniformly on the unit sphere of R^A: ``[*shape, A]``.
 
     A normalised standard Gaussian is uniform on the sphere (Muller 1959).
@@ -192,8 +197,13 @@ def input_jacobian(log_prob_fn: LogProbFn, x: Tensor, *, create_graph: bool) -> 
         eye = torch.eye(logp.shape[1], device=logp.device, dtype=logp.dtype)
         last = logp.shape[1] - 1
         rows = [
-            input_vjp(logp, x_in, eye[a].expand_as(logp), create_graph=create_graph,
-                      retain_graph=create_graph or a < last)
+            input_vjp(
+                logp,
+                x_in,
+                eye[a].expand_as(logp),
+                create_graph=create_graph,
+                retain_graph=create_graph or a < last,
+            )
             for a in range(last + 1)
         ]
     return logp, torch.stack(rows)
@@ -253,8 +263,9 @@ def distillation_loss(
         return DistillLoss(total=kl, kl=kl, sobolev=kl.new_zeros(()))
     if teacher is None:
         raise ValueError("the Sobolev term needs the teacher (alpha > 0)")
-    v = sample_unit_sphere((num_projections, x.shape[0]), teacher_logp.shape[1], generator=generator,
-                           device=x.device)
+    v = sample_unit_sphere(
+        (num_projections, x.shape[0]), teacher_logp.shape[1], generator=generator, device=x.device
+    )
     _, teacher_grads = teacher_projected_gradients(teacher, x, v)
     x_s = x.detach().requires_grad_(True)
     student_logp = student(x_s)

@@ -30,7 +30,9 @@ class Policy(Protocol):
 
 
 @torch.no_grad()
-def act(policy: Policy, obs: Tensor, *, greedy: bool = False, generator: torch.Generator | None = None) -> Tensor:
+def act(
+    policy: Policy, obs: Tensor, *, greedy: bool = False, generator: torch.Generator | None = None
+) -> Tensor:
     """Pick actions for ``obs`` ``[B, 4, 84, 84] uint8``: sampled, or argmax when ``greedy``.
 
     Returns ``[B] int64`` actions.

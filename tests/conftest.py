@@ -30,3 +30,22 @@ def rng() -> np.random.Generator:
 @pytest.fixture
 def torch_gen() -> torch.Generator:
     return torch.Generator().manual_seed(0)
+
+
+@pytest.fixture
+def make_teacher_file(tmp_path):  # noqa: ANN201
+    """Write a randomly initialised teacher checkpoint with the given settings; returns its path."""
+    from agents.networks import TeacherNet
+    from agents.teacher_file import teacher_record
+    from policy_distill.checkpoint import atomic_torch_save
+    from policy_distill.settings import EnvSettings
+
+    def make(settings: EnvSettings | None = None, name: str = "teacher.pt", seed: int = 0):  # noqa: ANN202
+        settings = settings or EnvSettings("pong")
+        torch.manual_seed(seed)
+        net = TeacherNet(settings.num_actions)
+        path = tmp_path / name
+        atomic_torch_save(teacher_record(net.state_dict(), settings, {"algorithm": "none (test)"}), path)
+        return path
+
+    return make

@@ -1,0 +1,308 @@
+"""Record a teacher playing: ``policy_distill collect`` -> ``data/<game>/``.
+
+The teacher acts by sampling from its policy, as in the paper's protocol (100K agent steps =
+400K emulator frames at action repeat 4). Environments step asynchronously: ``num_envs`` games
+run in C++ threads and each ``recv`` returns the ``batch_size`` that are ready, so the
+emulators of one half step while the teacher computes the other half's actions (one batched
+teacher forward per step).
+
+Storage (see ``data/README.md``): each 84x84 frame is stored once. An episode's frames are laid
+out as ``[f-3, f-2, f-1, f0, f1, ...]`` where the first three are the environment's own initial
+stack (zeros in ale-py), so the observation of sample ``i`` is exactly
+``frames[frame_index[i] : frame_index[i] + 4]``. Should an observation ever not be a one-frame
+shift of the previous one, a new segment with its full stack starts, so rebuilding stays exact.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from agents.loading import Teacher
+from policy_distill.checkpoint import atomic_write_json, package_versions, sha256_file
+from policy_distill.dataset import ARRAY_FILES, DATASET_FORMAT_VERSION
+from policy_distill.envs import GameTracker, make_vector_env
+from policy_distill.errors import UserError
+from policy_distill.policy import to_float
+from policy_distill.settings import EnvSettings
+
+
+@dataclass(frozen=True)
+class CollectConfig:
+    """What to record."""
+
+    frames: int = 100_000
+    """Agent steps to record (the paper's 100K; x4 emulator frames)."""
+    seed: int = 0
+    """Seed for the emulators' no-op starts and the teacher's action sampling."""
+    num_envs: int = 16
+    """Games run in parallel."""
+    batch_size: int = 8
+    """Games the teacher acts for per step; the rest step meanwhile (async)."""
+
+
+class _Stream:
+    """The frames and samples of one environment's current episode."""
+
+    def __init__(self, obs: np.ndarray, start_step: int) -> None:
+        self.frames: list[np.ndarray] = list(obs)  # the full initial stack
+        self.frame_index: list[int] = []
+        self.log_probs: list[np.ndarray] = []
+        self.actions: list[int] = []
+        self.rewards: list[float] = []
+        self.last_obs = obs
+        self.start_step = start_step
+
+    def observe(self, obs: np.ndarray) -> None:
+        """Add the observation the teacher is about to act on (not the episode's first)."""
+        if np.array_equal(obs[:-1], self.last_obs[1:]):
+            self.frames.append(obs[-1])
+        else:  # not a one-frame shift: store the whole stack so rebuilding stays exact
+            self.frames.extend(obs)
+        self.last_obs = obs
+
+    def record(self, log_probs: np.ndarray, action: int) -> None:
+        stack = self.last_obs.shape[0]
+        self.frame_index.append(len(self.frames) - stack)
+        self.log_probs.append(log_probs)
+        self.actions.append(action)
+
+    def __len__(self) -> int:
+        return len(self.actions)
+
+    @property
+    def pending(self) -> bool:
+        """An action was recorded whose reward has not arrived yet."""
+        return len(self.rewards) < len(self.actions)
+
+
+def _dataset_args(teacher: Teacher, settings: EnvSettings, cfg: CollectConfig) -> dict[str, Any]:
+    """The arguments that define a dataset; a dataset with other values is never reused."""
+    return {
+        "game": settings.game,
+        "settings": settings.to_dict(),
+        "teacher_sha256": teacher.source.sha256,
+        "frames": cfg.frames,
+        "seed": cfg.seed,
+    }
+
+
+def existing_dataset_matches(out_dir: Path, expected: dict[str, Any]) -> bool:
+    """True if ``out_dir`` holds a complete dataset made with ``expected`` arguments.
+
+    Raises:
+        UserError: a complete dataset made with other arguments (never mixed silently).
+    """
+    meta_path = out_dir / "meta.json"
+    if not meta_path.exists():
+        if out_dir.exists() and any(out_dir.iterdir()):
+            raise UserError(f"{out_dir} exists but holds no meta.json; remove it or pass --overwrite")
+        return False
+    meta = json.loads(meta_path.read_text())
+    found = {k: meta.get("collect_args", {}).get(k) for k in expected}
+    if found != expected:
+        diffs = [f"{k}: {found[k]!r} != {expected[k]!r}" for k in expected if found[k] != expected[k]]
+        diff_text = "; ".join(d if len(d) < 120 else d[:117] + "..." for d in diffs)
+        raise UserError(
+            f"{out_dir} holds a dataset made with other arguments ({diff_text}); "
+            "pass --overwrite to replace it or --out for another directory"
+        )
+    return True
+
+
+@torch.no_grad()
+def collect(
+    teacher: Teacher,
+    cfg: CollectConfig,
+    out_dir: str | Path,
+    *,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Record ``cfg.frames`` teacher steps into ``out_dir``; returns the metadata written.
+
+    Reuses a complete dataset made with the same arguments unless ``overwrite``. Writes into
+    a temporary directory beside ``out_dir`` and renames it at the end, so an interrupted run
+    never leaves a dataset that looks complete.
+    """
+    out_dir = Path(out_dir)
+    settings = teacher.settings
+    expected = _dataset_args(teacher, settings, cfg)
+    if not overwrite and existing_dataset_matches(out_dir, expected):
+        meta = json.loads((out_dir / "meta.json").read_text())
+        print(f"reusing the complete dataset in {out_dir} ({meta['frames']:,} frames)")
+        return meta
+    if cfg.frames < 1:
+        raise UserError(f"--frames must be positive, got {cfg.frames}")
+    if cfg.batch_size > cfg.num_envs or cfg.batch_size < 1:
+        raise UserError(f"--batch-size {cfg.batch_size} must be between 1 and --num-envs {cfg.num_envs}")
+
+    torch.manual_seed(cfg.seed)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    env = make_vector_env(settings, cfg.num_envs, batch_size=cfg.batch_size)
+    tracker = GameTracker(cfg.num_envs, life_loss_terminal=settings.life_loss_terminal)
+    obs, info = env.reset(seed=cfg.seed)
+    streams: dict[int, _Stream] = {}
+    episodes: list[tuple[_Stream, bool, float]] = []  # (stream, complete, raw score)
+    collected, started = 0, time.time()
+    bar = tqdm(
+        total=cfg.frames,
+        unit="frame",
+        disable=not progress,
+        desc=f"collect {settings.game}",
+        mininterval=1.0 if sys.stderr.isatty() else 15.0,
+    )
+
+    # Each pass acts for the environments that recv returned. After the last recorded action the
+    # loop keeps stepping (unrecorded no-ops) until every recorded action's reward has arrived.
+    while True:
+        env_ids = info["env_id"]
+        if collected < cfg.frames:
+            for j, e in enumerate(env_ids):
+                if e not in streams:
+                    streams[e] = _Stream(obs[j], start_step=collected)
+                    tracker.start(env_ids[j : j + 1], info["episode_frame_number"][j : j + 1])
+                else:
+                    streams[e].observe(obs[j])
+            logp = teacher.log_probs(to_float(torch.from_numpy(obs))).float()
+            actions = torch.multinomial(logp.exp(), 1, generator=generator).squeeze(1).numpy()
+            take = min(len(env_ids), cfg.frames - collected)
+            logp_np = logp.numpy()
+            for j in range(take):
+                streams[env_ids[j]].record(logp_np[j], int(actions[j]))
+            collected += take
+            bar.update(take)
+        else:
+            actions = np.zeros(len(env_ids), dtype=np.int64)
+            if not any(s.pending for s in streams.values()):
+                break
+        env.send(actions.astype(np.int64))
+        obs, reward, terminated, truncated, info = env.recv()
+        ids = info["env_id"]
+        # Only environments with a recorded action awaiting its reward are accounted; the others
+        # are new games' first observations or unrecorded steps after the end.
+        waiting = np.array([e in streams and streams[e].pending for e in ids], dtype=bool)
+        if not waiting.any():
+            continue
+        ids_w = ids[waiting]
+        game_over, _, _ = tracker.update(
+            ids_w,
+            reward[waiting],
+            terminated[waiting],
+            truncated[waiting],
+            info["episode_frame_number"][waiting],
+        )
+        for e, r, over in zip(ids_w, reward[waiting], game_over):
+            stream = streams[e]
+            stream.rewards.append(float(r))
+            if over:
+                episodes.append((streams.pop(e), True, float(np.sum(stream.rewards))))
+        bar.set_postfix(episodes=len(episodes))
+    bar.close()
+    env.close()
+    wall = time.time() - started
+    for stream in sorted(streams.values(), key=lambda s: s.start_step):
+        if len(stream):
+            episodes.append((stream, False, float(np.sum(stream.rewards))))
+    meta = _write(out_dir, episodes, settings, teacher, cfg, expected, wall)
+    print(
+        f"wrote {out_dir}: {meta['frames']:,} frames, {meta['episodes']} episodes "
+        f"({meta['complete_episodes']} complete), {meta['collection_fps']:.0f} frames/s"
+    )
+    return meta
+
+
+def _write(
+    out_dir: Path,
+    episodes: list[tuple[_Stream, bool, float]],
+    settings: EnvSettings,
+    teacher: Teacher,
+    cfg: CollectConfig,
+    collect_args: dict[str, Any],
+    wall: float,
+) -> dict[str, Any]:
+    """Lay the episodes out contiguously, in order of their start, and write atomically."""
+    episodes.sort(key=lambda ep: ep[0].start_step)
+    frames, frame_index, log_probs, actions, rewards = [], [], [], [], []
+    episode_starts, complete, scores = [0], [], []
+    frame_offset = 0
+    for stream, done, score in episodes:
+        n = len(stream)
+        frames.append(np.stack(stream.frames))
+        frame_index.append(np.asarray(stream.frame_index, dtype=np.int64) + frame_offset)
+        log_probs.append(np.stack(stream.log_probs))
+        actions.append(np.asarray(stream.actions, dtype=np.uint8))
+        rewards.append(np.asarray(stream.rewards, dtype=np.float32))
+        frame_offset += len(stream.frames)
+        episode_starts.append(episode_starts[-1] + n)
+        complete.append(done)
+        scores.append(score)
+    arrays = {
+        "frames": np.concatenate(frames),
+        "frame_index": np.concatenate(frame_index),
+        "log_probs": np.concatenate(log_probs).astype(np.float32),
+        "actions": np.concatenate(actions),
+        "rewards": np.concatenate(rewards),
+        "episode_starts": np.asarray(episode_starts, dtype=np.int64),
+        "episode_complete": np.asarray(complete, dtype=bool),
+    }
+    assert set(arrays) == set(ARRAY_FILES)
+    n = len(arrays["actions"])
+    complete_scores = [s for s, c in zip(scores, complete) if c]
+    meta = {
+        "format": "policy-distill/dataset",
+        "format_version": DATASET_FORMAT_VERSION,
+        "game": settings.game,
+        "num_actions": settings.num_actions,
+        "settings": settings.to_dict(),
+        "teacher": {
+            "name": teacher.source.name,
+            "kind": teacher.source.kind,
+            "sha256": teacher.source.sha256,
+            "path": teacher.source.path,
+        },
+        "seed": cfg.seed,
+        "frames": n,
+        "frames_stored": int(len(arrays["frames"])),
+        "episodes": len(episodes),
+        "complete_episodes": int(sum(complete)),
+        "teacher_score_mean": float(np.mean(complete_scores)) if complete_scores else None,
+        "teacher_score_std": float(np.std(complete_scores)) if complete_scores else None,
+        "collection_wall_s": round(wall, 2),
+        "collection_fps": n / wall,
+        "collect_args": collect_args,
+        "collect_config": {"num_envs": cfg.num_envs, "batch_size": cfg.batch_size},
+        "versions": package_versions(),
+        "created_unix": int(time.time()),
+    }
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        digest = hashlib.sha256()
+        for name, array in arrays.items():
+            np.save(tmp / f"{name}.npy", array)
+            digest.update(bytes.fromhex(sha256_file(tmp / f"{name}.npy")))
+        meta["content_sha256"] = digest.hexdigest()  # students record which data they saw
+        atomic_write_json(tmp / "meta.json", meta)
+        old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
+        if out_dir.exists():
+            out_dir.rename(old)
+        tmp.rename(out_dir)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return meta

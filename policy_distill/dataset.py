@@ -1,0 +1,153 @@
+"""Read a recorded dataset and split it time-wise, as the paper does.
+
+Layout of ``data/<game>/`` (written by :mod:`policy_distill.collect`, see ``data/README.md``):
+
+==================  ===================  ==================================================
+file                shape, dtype         meaning
+==================  ===================  ==================================================
+frames.npy          [F, 84, 84] uint8    every frame once, episode after episode
+frame_index.npy     [N] int64            sample i sees ``frames[frame_index[i] : +4]``
+log_probs.npy       [N, A] float32       the teacher's log pi*(a|s_i)
+actions.npy         [N] uint8            the action the teacher sampled
+rewards.npy         [N] float32          raw (unclipped) reward of that action
+episode_starts.npy  [E + 1] int64        samples of episode e are ``[starts[e], starts[e+1])``
+episode_complete    [E] bool             False for games cut off by the end of recording
+meta.json                                settings, teacher, seed, counts, versions
+==================  ===================  ==================================================
+
+Episodes are in order of their start, so "the first x% of the recording" is a prefix.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from policy_distill.errors import UserError
+from policy_distill.settings import EnvSettings
+
+DATASET_FORMAT_VERSION = 1
+ARRAY_FILES = (
+    "frames",
+    "frame_index",
+    "log_probs",
+    "actions",
+    "rewards",
+    "episode_starts",
+    "episode_complete",
+)
+
+
+@dataclass(frozen=True)
+class Split:
+    """Sample indices of a time-wise split (each sorted, disjoint, no shared episode)."""
+
+    train: np.ndarray
+    """``[N_train] int64``: the first ``round(x * N)`` samples of the recording."""
+    test: np.ndarray
+    """``[N_test] int64``: every sample from the first episode that starts after the cut."""
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A recorded dataset; ``frames`` is memory-mapped, the rest is in memory."""
+
+    path: Path
+    meta: dict[str, Any]
+    frames: np.ndarray
+    frame_index: np.ndarray
+    log_probs: np.ndarray
+    actions: np.ndarray
+    rewards: np.ndarray
+    episode_starts: np.ndarray
+    episode_complete: np.ndarray
+
+    @property
+    def settings(self) -> EnvSettings:
+        return EnvSettings.from_dict(self.meta["settings"])
+
+    @property
+    def stack(self) -> int:
+        return int(self.meta["settings"]["stack"])
+
+    def __len__(self) -> int:
+        return len(self.actions)
+
+    def observations(self, idx: np.ndarray) -> np.ndarray:
+        """Rebuild stacked observations: ``[B] int`` sample indices -> ``[B, 4, 84, 84] uint8``."""
+        rows = self.frame_index[np.asarray(idx)][:, None] + np.arange(self.stack)
+        return self.frames[rows]
+
+    def episode_of(self, idx: np.ndarray) -> np.ndarray:
+        """``[B]`` sample indices -> ``[B]`` episode numbers."""
+        return np.searchsorted(self.episode_starts, np.asarray(idx), side="right") - 1
+
+    def split(self, train_fraction: float) -> Split:
+        """The paper's time-wise split: train on the first x% of the recording, test on the rest.
+
+        The training part is exactly the first ``round(x * N)`` samples. The test part starts
+        at the first episode boundary at or after the cut, so no episode is on both sides; the
+        rest of the episode that the cut falls into is used by neither.
+        """
+        if not 0.0 < train_fraction <= 1.0:
+            raise UserError(f"--train-fraction must be in (0, 1], got {train_fraction}")
+        n = len(self)
+        n_train = max(1, int(round(train_fraction * n)))
+        boundary = int(np.searchsorted(self.episode_starts, n_train, side="left"))
+        test_start = int(self.episode_starts[boundary]) if boundary < len(self.episode_starts) else n
+        return Split(train=np.arange(n_train), test=np.arange(test_start, n))
+
+
+def load_dataset(path: str | Path, *, mmap: bool = True) -> Dataset:
+    """Open ``data/<game>/`` with clear errors for a missing, partial or foreign dataset.
+
+    Args:
+        path: The dataset directory.
+        mmap: Memory-map the frames (True) or read them into memory.
+    """
+    path = Path(path)
+    meta_path = path / "meta.json"
+    if not meta_path.exists():
+        raise UserError(
+            f"no dataset in {path} (meta.json missing); record one with "
+            f"`make collect GAME=<game>` or `python -m policy_distill collect`"
+        )
+    try:
+        meta = json.loads(meta_path.read_text())
+    except json.JSONDecodeError:
+        raise UserError(f"{meta_path} is corrupted (not JSON); re-run collect with --overwrite") from None
+    if meta.get("format") != "policy-distill/dataset" or meta.get("format_version") != DATASET_FORMAT_VERSION:
+        raise UserError(
+            f"{path} is not a policy-distill dataset of format version {DATASET_FORMAT_VERSION}; "
+            "re-record it with collect --overwrite"
+        )
+    arrays: dict[str, np.ndarray] = {}
+    for name in ARRAY_FILES:
+        file = path / f"{name}.npy"
+        try:
+            arrays[name] = np.load(
+                file, mmap_mode="r" if (mmap and name == "frames") else None, allow_pickle=False
+            )
+        except (OSError, ValueError) as e:
+            raise UserError(
+                f"{file} is missing or corrupted ({type(e).__name__}); re-run collect --overwrite"
+            ) from None
+    n = len(arrays["actions"])
+    consistent = (
+        n == meta.get("frames")
+        and arrays["log_probs"].shape == (n, meta["num_actions"])
+        and len(arrays["frame_index"]) == n
+        and len(arrays["rewards"]) == n
+        and arrays["episode_starts"][-1] == n
+        and len(arrays["episode_complete"]) == len(arrays["episode_starts"]) - 1
+        and (n == 0 or arrays["frame_index"].max() + meta["settings"]["stack"] <= len(arrays["frames"]))
+    )
+    if not consistent:
+        raise UserError(
+            f"{path} is inconsistent with its meta.json (a partial copy?); re-run collect --overwrite"
+        )
+    return Dataset(path=path, meta=meta, **arrays)

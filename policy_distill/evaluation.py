@@ -1,0 +1,97 @@
+"""Play a policy for whole games and report raw scores: one evaluator for every policy."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from policy_distill.envs import GameTracker, make_vector_env
+from policy_distill.policy import Policy, act
+from policy_distill.settings import EnvSettings, human_normalized
+
+
+@dataclass(frozen=True)
+class Scores:
+    """Raw game scores of a finished evaluation."""
+
+    game: str
+    scores: list[float]
+    lengths: list[int]
+
+    @property
+    def mean(self) -> float:
+        return float(np.mean(self.scores))
+
+    @property
+    def std(self) -> float:
+        return float(np.std(self.scores))
+
+    @property
+    def human_normalized(self) -> float:
+        return human_normalized(self.game, self.mean)
+
+    def summary(self) -> dict[str, float | int | list[float]]:
+        return {
+            "episodes": len(self.scores),
+            "mean": self.mean,
+            "std": self.std,
+            "human_normalized": self.human_normalized,
+            "scores": self.scores,
+        }
+
+
+@torch.no_grad()
+def evaluate_policy(
+    policy: Policy,
+    settings: EnvSettings,
+    episodes: int,
+    *,
+    seed: int = 1000,
+    num_envs: int = 8,
+    greedy: bool = False,
+    device: torch.device | str = "cpu",
+) -> Scores:
+    """Play ``episodes`` whole games and return their raw (unclipped) scores.
+
+    Each of the parallel environments plays a fixed quota of games, decided up front, so the
+    result is not biased towards short games (taking the first N games to finish would be).
+
+    Args:
+        policy: Anything with ``log_probs([B, 4, 84, 84] float) -> [B, A]``.
+        settings: The settings record the policy was made for.
+        episodes: Number of games.
+        seed: Emulator and sampling seed (distinct from collection's default seed 0).
+        greedy: Argmax actions instead of sampling from the policy.
+    """
+    num_envs = max(1, min(num_envs, episodes))
+    quota = np.full(num_envs, episodes // num_envs)
+    quota[: episodes % num_envs] += 1
+    env = make_vector_env(settings, num_envs)
+    tracker = GameTracker(num_envs, life_loss_terminal=settings.life_loss_terminal)
+    env_ids = np.arange(num_envs)
+    obs, info = env.reset(seed=seed)
+    tracker.start(env_ids, info["episode_frame_number"])
+    generator = torch.Generator().manual_seed(seed)
+    scores: list[float] = []
+    lengths: list[int] = []
+    played = np.zeros(num_envs, dtype=np.int64)
+    while (played < quota).any():
+        actions = act(
+            policy,
+            torch.from_numpy(obs).to(device),
+            greedy=greedy,
+            generator=generator if torch.device(device).type == "cpu" else None,
+        )
+        obs, reward, terminated, truncated, info = env.step(actions.cpu().numpy().astype(np.int64))
+        game_over, ended_scores, ended_lengths = tracker.update(
+            env_ids, reward, terminated, truncated, info["episode_frame_number"]
+        )
+        for e, score, length in zip(env_ids[game_over], ended_scores, ended_lengths):
+            if played[e] < quota[e]:
+                scores.append(float(score))
+                lengths.append(int(length))
+            played[e] += 1
+    env.close()
+    return Scores(game=settings.game, scores=scores, lengths=lengths)

@@ -1,0 +1,80 @@
+"""Held-out metrics of a student against its teacher: policy closeness and gradient fidelity."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from policy_distill.losses import LogProbFn, input_jacobian, kl_divergence
+
+
+@torch.no_grad()
+def policy_metrics(
+    student: LogProbFn,
+    batches: Callable[[], list[tuple[Tensor, Tensor]]],
+) -> dict[str, float]:
+    """Action-prediction error and KL over held-out data.
+
+    Args:
+        student: ``log_probs`` of the student.
+        batches: Returns ``[(x [B, 4, 84, 84] float, teacher_logp [B, A]), ...]`` covering the
+            test split.
+
+    Returns:
+        ``action_error``: fraction of frames where argmax student != argmax teacher;
+        ``kl``: mean KL(pi_student || pi_teacher), the paper's test D_KL.
+    """
+    wrong, kl_sum, count = 0.0, 0.0, 0
+    for x, teacher_logp in batches():
+        student_logp = student(x)
+        wrong += (student_logp.argmax(-1) != teacher_logp.argmax(-1)).sum().item()
+        kl_sum += kl_divergence(student_logp, teacher_logp).item() * len(x)
+        count += len(x)
+    return {"action_error": wrong / max(count, 1), "kl": kl_sum / max(count, 1)}
+
+
+def gradient_fidelity(student: LogProbFn, x: Tensor, teacher_jacobian: Tensor) -> dict[str, float]:
+    """How close the student's input-gradients of log pi are to the teacher's, over all actions.
+
+    Per frame b, with J the full Jacobian ``[A, D]`` flattened to one vector:
+    cosine = <J_s, J_t> / (|J_s| |J_t|), relative L2 error = |J_s - J_t| / |J_t|;
+    both averaged over frames.
+
+    Args:
+        x: ``[B, 4, 84, 84] float`` fixed held-out frames.
+        teacher_jacobian: ``[A, B, 4, 84, 84]`` from :func:`input_jacobian` of the teacher.
+    """
+    _, j_student = input_jacobian(student, x, create_graph=False)
+    j_s = j_student.transpose(0, 1).flatten(1)  # [B, A*D]
+    j_t = teacher_jacobian.transpose(0, 1).flatten(1)
+    cosine = torch.nn.functional.cosine_similarity(j_s, j_t, dim=1, eps=1e-12)
+    rel = (j_s - j_t).norm(dim=1) / j_t.norm(dim=1).clamp_min(1e-12)
+    return {"grad_cosine": cosine.mean().item(), "grad_rel_l2": rel.mean().item()}
+
+
+def gradient_maps(
+    x: Tensor, teacher_jacobian: Tensor, student_jacobian: Tensor, teacher_logp: Tensor
+) -> Tensor:
+    """An image grid for TensorBoard: per row, newest frame | teacher |grad| | student |grad|.
+
+    The gradient is that of log pi(a*|s) for the teacher's most likely action a*, summed in
+    absolute value over the stacked frames, each map scaled to its own maximum so the two
+    networks' attention patterns compare even where their scales differ.
+
+    Args:
+        x: ``[N, 4, H, W]`` frames; jacobians ``[A, N, 4, H, W]``; teacher_logp ``[N, A]``.
+
+    Returns:
+        ``[1, N*H, 3*W]`` float image in [0, 1].
+    """
+    best = teacher_logp.argmax(-1)
+    rows = []
+    for n in range(x.shape[0]):
+        maps = [x[n, -1]]
+        for jac in (teacher_jacobian, student_jacobian):
+            saliency = jac[best[n], n].abs().sum(0)
+            maps.append(saliency / saliency.max().clamp_min(1e-12))
+        rows.append(torch.cat(maps, dim=1))
+    return torch.cat(rows, dim=0)[None].float().clamp(0, 1)

@@ -1,0 +1,67 @@
+"""The command line: bad input gives one line on stderr and exit status 2, never a traceback."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+
+def run_cli(*args: str, cwd=None) -> subprocess.CompletedProcess:  # noqa: ANN001
+    return subprocess.run(
+        [sys.executable, "-m", "policy_distill", *args], capture_output=True, text=True, cwd=cwd, timeout=300
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["collect", "--game", "tetris"], "unknown game 'tetris'"),
+        (["collect", "--game", "pong", "--frames", "0"], "--frames must be at least 1"),
+        (["collect", "--game", "pong", "--frames", "ten"], "invalid int value"),
+        (["collect", "--game", "pong", "--teacher", "missing.pt"], "does not exist"),
+        (["collect", "--game", "breakout", "--teacher", "pong"], "plays pong, not breakout"),
+        (["distill", "--game", "pong", "--data", "nowhere", "--frames", "0"], "--frames"),
+        (["distill", "--game", "pong", "--grad-norm", "l3"], "--grad-norm 'l3'"),
+        (["distill", "--game", "pong", "--alpha", "-1"], "--alpha -1.0"),
+        (["evaluate", "--checkpoint", "nothing.pt"], "does not exist"),
+        (["frobnicate"], "invalid choice"),
+    ],
+)
+def test_bad_input_is_one_line_error(tmp_path, args: list[str], expected: str) -> None:  # noqa: ANN001
+    result = run_cli(*args, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ") and expected in lines[0]
+    assert "Traceback" not in result.stderr
+
+
+def test_help_lists_every_command() -> None:
+    result = run_cli("--help")
+    assert result.returncode == 0
+    for command in ("train-teacher", "collect", "distill", "evaluate", "evaluate-teacher"):
+        assert command in result.stdout
+
+
+def test_collect_json_result_is_last_line(tmp_path) -> None:  # noqa: ANN001
+    result = run_cli(
+        "collect",
+        "--game",
+        "Pong",
+        "--frames",
+        "24",
+        "--num-envs",
+        "2",
+        "--batch-size",
+        "2",
+        "--out",
+        str(tmp_path / "ds"),
+        "--no-progress",
+        "--json",
+    )
+    assert result.returncode == 0, result.stderr
+    record = json.loads(result.stdout.strip().splitlines()[-1])
+    assert record["frames"] == 24 and record["game"] == "pong"

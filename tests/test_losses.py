@@ -1,0 +1,171 @@
+"""Property tests of the distillation losses (section 4.2 of Czarnecki et al. 2017)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from policy_distill.losses import (
+    distillation_loss,
+    gradient_distance,
+    input_jacobian,
+    kl_divergence,
+    sample_unit_sphere,
+    sobolev_exact_loss,
+)
+
+
+def small_policy(seed: int, actions: int = 5, dtype: torch.dtype = torch.float32) -> nn.Module:
+    torch.manual_seed(seed)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(2 * 3 * 3, 16), nn.Tanh(), nn.Linear(16, actions)).to(dtype)
+    net.log_probs = lambda x: torch.log_softmax(net(x), dim=-1)  # type: ignore[attr-defined]
+    return net
+
+
+def random_logp(gen: torch.Generator, b: int = 64, a: int = 6) -> torch.Tensor:
+    return torch.log_softmax(3 * torch.randn(b, a, generator=gen), dim=-1)
+
+
+@pytest.mark.parametrize("direction", ["student_teacher", "teacher_student"])
+def test_kl_of_a_policy_with_itself_is_zero_and_otherwise_positive(torch_gen, direction: str) -> None:  # noqa: ANN001
+    p, q = random_logp(torch_gen), random_logp(torch_gen)
+    assert kl_divergence(p, p, direction=direction).item() == pytest.approx(0.0, abs=1e-6)
+    assert kl_divergence(p, q, direction=direction).item() > 0.01
+    for temperature in (0.5, 2.0):
+        assert kl_divergence(p, q, direction=direction, temperature=temperature).item() >= 0
+
+
+def test_kl_matches_the_definition_and_directions_differ(torch_gen) -> None:  # noqa: ANN001
+    p, q = random_logp(torch_gen, b=1, a=3), random_logp(torch_gen, b=1, a=3)
+    manual = sum(math.exp(p[0, a]) * (p[0, a] - q[0, a]) for a in range(3))
+    assert kl_divergence(p, q).item() == pytest.approx(float(manual), rel=1e-5)
+    assert kl_divergence(p, q, direction="teacher_student").item() == pytest.approx(
+        kl_divergence(q, p).item(), rel=1e-6
+    )
+
+
+def test_kl_scale_does_not_grow_with_batch_size(torch_gen) -> None:  # noqa: ANN001
+    p, q = random_logp(torch_gen, b=50), random_logp(torch_gen, b=50)
+    # The same samples repeated 10 times: a mean keeps the value, a sum would multiply it by 10.
+    assert kl_divergence(p.repeat(10, 1), q.repeat(10, 1)).item() == pytest.approx(
+        kl_divergence(p, q).item(), rel=1e-5
+    )
+
+
+def test_sobolev_term_scale_does_not_grow_with_batch_size(torch_gen) -> None:  # noqa: ANN001
+    student, teacher = small_policy(0), small_policy(1)
+    x = torch.rand(8, 2, 3, 3, generator=torch_gen)
+    single, _ = sobolev_exact_loss(student.log_probs, teacher.log_probs, x)
+    repeated, _ = sobolev_exact_loss(student.log_probs, teacher.log_probs, x.repeat(4, 1, 1, 1))
+    assert repeated.item() == pytest.approx(single.item(), rel=1e-5)
+
+
+def test_directions_are_uniform_unit_vectors(torch_gen) -> None:  # noqa: ANN001
+    v = sample_unit_sphere((20000,), 4, generator=torch_gen)
+    torch.testing.assert_close(v.norm(dim=-1), torch.ones(20000))
+    # Uniform on the sphere: E[v v^T] = I / A.
+    torch.testing.assert_close(v.T @ v / 20000, torch.eye(4) / 4, atol=0.01, rtol=0)
+
+
+def test_projection_estimator_matches_exact_jacobian_loss(torch_gen) -> None:  # noqa: ANN001
+    student, teacher = small_policy(0), small_policy(1)
+    x = torch.rand(6, 2, 3, 3, generator=torch_gen)
+    exact, _ = sobolev_exact_loss(student.log_probs, teacher.log_probs, x, norm="squared_l2")
+    teacher_logp = teacher.log_probs(x).detach()
+    samples = torch.tensor(
+        [
+            distillation_loss(
+                student.log_probs,
+                x,
+                teacher_logp,
+                teacher=teacher.log_probs,
+                alpha=1.0,
+                norm="squared_l2",
+                generator=torch_gen,
+            ).sobolev.item()
+            for _ in range(1500)
+        ]
+    )
+    # Monte Carlo tolerance: 4 standard errors of the sample mean.
+    tolerance = 4 * samples.std().item() / math.sqrt(len(samples))
+    assert abs(samples.mean().item() - exact.item()) < tolerance
+    # K projections per step average K draws: the same expectation, lower variance.
+    k4 = torch.tensor(
+        [
+            distillation_loss(
+                student.log_probs,
+                x,
+                teacher_logp,
+                teacher=teacher.log_probs,
+                alpha=1.0,
+                norm="squared_l2",
+                num_projections=4,
+                generator=torch_gen,
+            ).sobolev.item()
+            for _ in range(300)
+        ]
+    )
+    assert abs(k4.mean().item() - exact.item()) < 4 * k4.std().item() / math.sqrt(len(k4))
+    assert k4.std() < samples.std()
+
+
+def test_sobolev_gradient_reaches_student_and_never_teacher(torch_gen) -> None:  # noqa: ANN001
+    student, teacher = small_policy(0), small_policy(1)
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    x = torch.rand(4, 2, 3, 3, generator=torch_gen)
+    teacher_logp = teacher.log_probs(x)
+    # Sobolev term alone: its gradient must reach every student parameter.
+    loss = distillation_loss(
+        student.log_probs, x, teacher_logp, teacher=teacher.log_probs, alpha=1.0, generator=torch_gen
+    )
+    loss.sobolev.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in student.parameters())
+    assert all(p.grad is None for p in teacher.parameters())
+
+
+def test_teacher_parameters_get_no_gradient_even_if_trainable(torch_gen) -> None:  # noqa: ANN001
+    student, teacher = small_policy(0), small_policy(1)
+    x = torch.rand(4, 2, 3, 3, generator=torch_gen)
+    loss = distillation_loss(
+        student.log_probs, x, teacher.log_probs(x), teacher=teacher.log_probs, alpha=1.0, generator=torch_gen
+    )
+    loss.total.backward()
+    assert all(p.grad is None for p in teacher.parameters())
+
+
+def test_input_gradients_agree_with_finite_differences_in_float64() -> None:
+    net = small_policy(3, dtype=torch.float64)
+    x = torch.rand(2, 2, 3, 3, dtype=torch.float64)
+    _, jac = input_jacobian(net.log_probs, x, create_graph=False)  # [A, B, 2, 3, 3]
+    eps = 1e-6
+    flat = x.flatten(1)
+    for i in range(flat.shape[1]):
+        step = torch.zeros_like(flat)
+        step[:, i] = eps
+        plus = net.log_probs((flat + step).view_as(x))
+        minus = net.log_probs((flat - step).view_as(x))
+        numeric = (plus - minus) / (2 * eps)  # [B, A]
+        torch.testing.assert_close(jac.flatten(2)[:, :, i].T, numeric, atol=1e-8, rtol=1e-6)
+
+
+def test_gradient_distances() -> None:
+    a = torch.tensor([[3.0, 0.0]])
+    b = torch.tensor([[0.0, 4.0]])
+    assert gradient_distance(a, b, "l2").item() == pytest.approx(5.0)
+    assert gradient_distance(a, b, "squared_l2").item() == pytest.approx(25.0)
+    assert gradient_distance(a, b, "l1").item() == pytest.approx(7.0)
+    with pytest.raises(ValueError):
+        gradient_distance(a, b, "l3")  # type: ignore[arg-type]
+
+
+def test_kl_only_loss_needs_no_teacher(torch_gen) -> None:  # noqa: ANN001
+    student = small_policy(0)
+    x = torch.rand(4, 2, 3, 3, generator=torch_gen)
+    loss = distillation_loss(student.log_probs, x, random_logp(torch_gen, b=4, a=5), alpha=0.0)
+    assert loss.sobolev.item() == 0.0 and loss.total.item() == loss.kl.item() > 0
+    with pytest.raises(ValueError, match="needs the teacher"):
+        distillation_loss(student.log_probs, x, random_logp(torch_gen, b=4, a=5), alpha=1.0)
