@@ -125,9 +125,9 @@ class DistillConfig:
         return Path(self.runs_dir) / self.game / name
 
     def resume_key(self) -> dict[str, Any]:
-        """Fields that must be equal to resume a run (device and paths may change)."""
+        """Fields that must be equal to resume a run (device, paths and the step budget may change)."""
         record = dataclasses.asdict(self)
-        for name in ("device", "runs_dir", "run", "data", "test_data", "teacher"):
+        for name in ("device", "runs_dir", "run", "data", "test_data", "teacher", "steps"):
             record.pop(name)
         return record
 
@@ -139,7 +139,8 @@ class FrameStore:
     """
 
     def __init__(self, dataset: Dataset, device: torch.device) -> None:
-        self.frames = torch.from_numpy(np.ascontiguousarray(dataset.frames)).to(device)
+        # np.require copies only a read-only (memory-mapped) array; torch needs a writable one.
+        self.frames = torch.from_numpy(np.require(dataset.frames, requirements=["C", "W"])).to(device)
         self.frame_index = torch.from_numpy(dataset.frame_index).to(device)
         self.log_probs = torch.from_numpy(dataset.log_probs).to(device)
         self.offsets = torch.arange(dataset.stack, device=device)

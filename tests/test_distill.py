@@ -1,0 +1,181 @@
+"""The distillation loop, student checkpoints and evaluation, on a tiny recorded dataset."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+import policy_distill.distill as distill_module
+from agents.loading import load_teacher
+from policy_distill.collect import CollectConfig, collect
+from policy_distill.dataset import load_dataset
+from policy_distill.distill import DistillConfig, FrameStore, distill
+from policy_distill.errors import UserError
+from policy_distill.evaluation import evaluate_policy
+from policy_distill.metrics import gradient_fidelity
+from policy_distill.settings import EnvSettings
+from policy_distill.student import load_student
+
+SHORT = EnvSettings("pong", max_episode_frames=240)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):  # noqa: ANN001, ANN201
+    """A random teacher and 400 frames it recorded (several short episodes)."""
+    from agents.networks import TeacherNet
+    from agents.teacher_file import teacher_record
+    from policy_distill.checkpoint import atomic_torch_save
+
+    root = tmp_path_factory.mktemp("tiny")
+    torch.manual_seed(0)
+    teacher_path = root / "teacher.pt"
+    atomic_torch_save(teacher_record(TeacherNet(6).state_dict(), SHORT, {}), teacher_path)
+    collect(
+        load_teacher(teacher_path),
+        CollectConfig(frames=400, num_envs=4, batch_size=2),
+        root / "data",
+        progress=False,
+    )
+    return root
+
+
+def config(tiny, **overrides) -> DistillConfig:  # noqa: ANN001, ANN003
+    base = dict(
+        game="pong",
+        teacher=str(tiny / "teacher.pt"),
+        data=str(tiny / "data"),
+        train_fraction=0.5,
+        steps=4,
+        batch_size=16,
+        eval_every=2,
+        eval_frames=64,
+        fidelity_frames=4,
+        learning_rate=1e-3,
+        runs_dir=str(tiny / "runs"),
+        device="cpu",
+    )
+    base.update(overrides)
+    return DistillConfig(**base)
+
+
+def test_run_writes_self_describing_checkpoints_that_load(tiny) -> None:  # noqa: ANN001
+    cfg = config(tiny, run="describe")
+    result = distill(cfg)
+    assert 0 <= result["test_action_error"] <= 1 and result["test_kl"] >= 0
+    assert -1 <= result["test_grad_cosine"] <= 1
+    student = load_student(result["best_checkpoint"])
+    record = student.record
+    assert record["arch"]["num_actions"] == 6 and record["game"] == "pong"
+    assert record["settings"] == SHORT.to_dict() and record["config"]["alpha"] == 1.0
+    assert record["step"] in (2, 4) and set(record["metrics"]) >= {"action_error", "kl", "grad_cosine"}
+    meta = load_dataset(tiny / "data").meta
+    assert record["dataset"]["content_sha256"] == meta["content_sha256"]
+    assert record["teacher"]["sha256"] == meta["teacher"]["sha256"]
+    assert "torch" in record["versions"]
+    obs = torch.randint(0, 256, (3, 4, 84, 84), dtype=torch.uint8)
+    assert student.act(obs).shape == (3,)
+    torch.testing.assert_close(student.log_probs(obs.float() / 255).exp().sum(1), torch.ones(3))
+
+
+def test_interrupted_run_resumes_to_the_same_weights(tiny) -> None:  # noqa: ANN001
+    whole = distill(config(tiny, run="whole", steps=6))
+    distill(config(tiny, run="parts", steps=4))  # "interrupted" after step 4
+    parts = distill(config(tiny, run="parts", steps=6))  # the same command again resumes
+    a = torch.load(whole["run_dir"] + "/latest.pt", weights_only=True)
+    b = torch.load(parts["run_dir"] + "/latest.pt", weights_only=True)
+    assert a["step"] == b["step"] == 6
+    for key in a["state_dict"]:
+        torch.testing.assert_close(a["state_dict"][key], b["state_dict"][key], rtol=0, atol=0)
+
+
+def test_resume_with_other_settings_is_refused(tiny) -> None:  # noqa: ANN001
+    distill(config(tiny, run="fixed"))
+    with pytest.raises(UserError, match="other settings"):
+        distill(config(tiny, run="fixed", alpha=0.5))
+
+
+def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(tiny, monkeypatch) -> None:  # noqa: ANN001
+    real = distill_module.distillation_loss
+    calls = {"n": 0}
+
+    def poisoned(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        calls["n"] += 1
+        loss = real(*args, **kwargs)
+        if calls["n"] == 3:
+            return dataclasses.replace(loss, total=loss.total * float("nan"))
+        return loss
+
+    monkeypatch.setattr(distill_module, "distillation_loss", poisoned)
+    cfg = config(tiny, run="nan", steps=4)
+    with pytest.raises(UserError, match="loss became nan at step 3"):
+        distill(cfg)
+    kept = torch.load(cfg.run_dir / "latest.pt", weights_only=True)
+    assert kept["step"] == 2 and all(torch.isfinite(v).all() for v in kept["state_dict"].values())
+
+
+def test_kl_only_students_train_and_lower_the_kl(tiny) -> None:  # noqa: ANN001
+    result = distill(config(tiny, run="kl", alpha=0.0, steps=30, eval_every=30, learning_rate=3e-3))
+    first = distill(config(tiny, run="kl0", alpha=0.0, steps=1, eval_every=1, learning_rate=3e-3))
+    assert result["test_kl"] < first["test_kl"]
+    assert result["method"] == "kl"
+
+
+def test_dataset_from_another_teacher_and_empty_test_split_are_refused(tiny, make_teacher_file) -> None:  # noqa: ANN001
+    other = make_teacher_file(SHORT, seed=1)
+    with pytest.raises(UserError, match="recorded by another teacher"):
+        distill(config(tiny, teacher=str(other), run="other"))
+    with pytest.raises(UserError, match="leaves no held-out episode"):
+        distill(config(tiny, train_fraction=1.0, run="all"))
+
+
+def test_frame_store_batches_equal_the_dataset_observations(tiny) -> None:  # noqa: ANN001
+    ds = load_dataset(tiny / "data")
+    store = FrameStore(ds, torch.device("cpu"))
+    idx = np.array([0, 5, 77, 399])
+    x, logp = store.batch(torch.from_numpy(idx))
+    torch.testing.assert_close(x, torch.from_numpy(ds.observations(idx)).float() / 255)
+    torch.testing.assert_close(logp, torch.from_numpy(ds.log_probs[idx]))
+
+
+def test_gradient_fidelity_of_a_network_with_itself_is_perfect() -> None:
+    from policy_distill.losses import input_jacobian
+    from policy_distill.student import StudentArch, StudentNet
+
+    torch.manual_seed(0)
+    net, other = StudentNet(StudentArch(num_actions=6)), StudentNet(StudentArch(num_actions=6))
+    x = torch.rand(2, 4, 84, 84)
+    _, jac = input_jacobian(net.log_probs, x, create_graph=False)
+    same = gradient_fidelity(net.log_probs, x, jac)
+    assert same["grad_cosine"] == pytest.approx(1.0, abs=1e-5) and same["grad_rel_l2"] == pytest.approx(
+        0, abs=1e-5
+    )
+    different = gradient_fidelity(other.log_probs, x, jac)
+    assert different["grad_cosine"] < 0.9 and different["grad_rel_l2"] > 0.1
+
+
+def test_load_student_refuses_foreign_and_corrupted_files(tiny, tmp_path) -> None:  # noqa: ANN001
+    with pytest.raises(UserError, match="not a student checkpoint"):
+        load_student(tiny / "teacher.pt")
+    good = distill(config(tiny, run="corrupt"))["best_checkpoint"]
+    data = open(good, "rb").read()
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes(data[: len(data) // 3])
+    with pytest.raises(UserError, match="truncated or corrupted"):
+        load_student(cut)
+    record = torch.load(good, weights_only=True)
+    record["state_dict"].pop("policy_head.weight")
+    broken = tmp_path / "broken.pt"
+    torch.save(record, broken)
+    with pytest.raises(UserError, match="corrupted"):
+        load_student(broken)
+
+
+def test_evaluation_plays_whole_games_with_raw_scores(tiny) -> None:  # noqa: ANN001
+    teacher = load_teacher(tiny / "teacher.pt")
+    scores = evaluate_policy(teacher, SHORT, episodes=3, num_envs=2, seed=5)
+    assert len(scores.scores) == 3 and len(scores.lengths) == 3
+    assert all(float(s).is_integer() and -21 <= s <= 21 for s in scores.scores)
+    assert all(0 < n <= 240 // 4 for n in scores.lengths)
