@@ -47,7 +47,22 @@ def cmd_export_teacher(args: argparse.Namespace) -> dict[str, Any]:
 
     path = export_teacher(args.run, args.out, half=not args.float32)
     print(f"wrote {path}")
-    return {"teacher": str(path)}
+    result: dict[str, Any] = {"teacher": str(path)}
+    if args.card_episodes:
+        from agents.loading import load_teacher
+        from agents.model_card import write_model_card
+        from policy_distill.evaluation import evaluate_policy
+
+        teacher = load_teacher(path)
+        scores = evaluate_policy(teacher, teacher.settings, args.card_episodes, seed=args.seed)
+        command = (
+            f"python -m policy_distill evaluate-teacher --teacher {path} "
+            f"--episodes {args.card_episodes} --seed {args.seed}"
+        )
+        card = write_model_card(path, scores, seed=args.seed, command=command)
+        print(f"wrote {card}: {scores.mean:.2f} +- {scores.std:.2f} over {args.card_episodes} games")
+        result.update(card=str(card), **scores.summary())
+    return result
 
 
 def cmd_evaluate_teacher(args: argparse.Namespace) -> dict[str, Any]:
@@ -150,6 +165,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", required=True, help="train-teacher output directory")
     p.add_argument("--out", required=True, help="destination, e.g. agents/pretrained/pong.pt")
     p.add_argument("--float32", action="store_true", help="keep float32 weights (default float16)")
+    p.add_argument(
+        "--card-episodes",
+        type=int,
+        default=20,
+        help="evaluate this many games and write the model card beside the weights (0: no card)",
+    )
+    p.add_argument("--seed", type=int, default=1000, help="evaluation seed for the model card")
     p.add_argument("--json", action="store_true", help="print the result as JSON on the last line")
     p.set_defaults(func=cmd_export_teacher)
 

@@ -72,6 +72,9 @@ class DistillConfig:
     """student_teacher = KL(pi || pi*) (the paper's) or teacher_student."""
     temperature: float = 1.0
     """Softens both policies before the KL (1 = none)."""
+    teacher_bf16: bool = False
+    """Compute the teacher's Sobolev targets under bf16 autocast: ~1.8x faster teacher VJPs on
+    AVX-512-bf16 CPUs, at ~6% relative L2 error in the targets (metrics stay float32)."""
     eval_every: int = 500
     """Steps between held-out evaluations and checkpoints."""
     eval_frames: int = 10_000
@@ -266,6 +269,11 @@ def distill(cfg: DistillConfig) -> dict[str, Any]:
         "hardware": hardware_description(),
     }
     metrics: dict[str, float] = history[-1]["metrics"] if history else {}
+
+    def teacher_targets(x: Tensor) -> Tensor:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.teacher_bf16):
+            return teacher.log_probs(x)
+
     student.train()
     started, step_at_start = time.time(), step
     window_start, window_steps = time.time(), 0

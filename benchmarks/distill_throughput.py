@@ -1,0 +1,130 @@
+"""Training throughput of a KL-only step vs a KL + Sobolev step, side by side, with a profile.
+
+One step = sample a batch of 200 frames from the in-memory store, compute the loss, backward,
+Adam. The Sobolev step adds one teacher forward + VJP (no parameter gradients) and the
+student's double backward. Also prints where the Sobolev step's time goes.
+
+    python benchmarks/distill_throughput.py [--device auto] [--steps 20] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+import torch
+
+from agents.loading import load_teacher
+from policy_distill.devices import pick_device
+from policy_distill.losses import (
+    distillation_loss,
+    kl_divergence,
+    sample_unit_sphere,
+    sobolev_projection_loss,
+    teacher_projected_gradients,
+)
+from policy_distill.student import StudentArch, StudentNet
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_steps(student, teacher, x, logp, alpha: float, steps: int, device) -> float:  # noqa: ANN001
+    """Samples/s of full training steps (loss, backward, Adam)."""
+    opt = torch.optim.Adam(student.parameters(), lr=1e-4)
+    for i in range(steps + 3):  # 3 warm-up steps
+        if i == 3:
+            _sync(device)
+            start = time.perf_counter()
+        loss = distillation_loss(student.log_probs, x, logp, teacher=teacher.log_probs, alpha=alpha)
+        opt.zero_grad(set_to_none=True)
+        loss.total.backward()
+        opt.step()
+    _sync(device)
+    return steps * x.shape[0] / (time.perf_counter() - start)
+
+
+def profile_sobolev(student, teacher, x, logp, steps: int, device) -> dict[str, float]:  # noqa: ANN001
+    """Milliseconds per step in each phase of the Sobolev step."""
+    phases = {
+        "teacher forward + VJP": 0.0,
+        "student forward + KL": 0.0,
+        "student input-gradient (create_graph)": 0.0,
+        "backward (double)": 0.0,
+    }
+    for _ in range(steps):
+        v = sample_unit_sphere((1, x.shape[0]), logp.shape[1], device=device)
+        _sync(device)
+        t0 = time.perf_counter()
+        _, tg = teacher_projected_gradients(teacher.log_probs, x, v)
+        _sync(device)
+        t1 = time.perf_counter()
+        xs = x.detach().requires_grad_(True)
+        slogp = student.log_probs(xs)
+        kl = kl_divergence(slogp, logp)
+        _sync(device)
+        t2 = time.perf_counter()
+        sob = sobolev_projection_loss(slogp, xs, tg, v)
+        _sync(device)
+        t3 = time.perf_counter()
+        (kl + sob).backward()
+        _sync(device)
+        t4 = time.perf_counter()
+        for key, dt in zip(phases, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
+            phases[key] += 1000 * dt / steps
+    return phases
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--teacher", default="pong")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--batch-size", type=int, default=200)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    device = pick_device(args.device)
+    teacher = load_teacher(args.teacher, device=device)
+    torch.manual_seed(0)
+    student = StudentNet(StudentArch(num_actions=teacher.num_actions)).to(device)
+    x = torch.randint(0, 256, (args.batch_size, 4, 84, 84), device=device).float() / 255
+    with torch.no_grad():
+        logp = teacher.log_probs(x)
+    kl_rates, sob_rates = [], []
+    for _ in range(2):  # alternate so that drift in machine load hits both alike
+        kl_rates.append(time_steps(student, teacher, x, logp, 0.0, args.steps, device))
+        sob_rates.append(time_steps(student, teacher, x, logp, 1.0, args.steps, device))
+    kl_rate, sob_rate = max(kl_rates), max(sob_rates)
+    phases = profile_sobolev(student, teacher, x, logp, args.steps, device)
+    name = (
+        torch.cuda.get_device_name(0) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    )
+    print(f"device: {name}; batch {args.batch_size}")
+    print(f"KL-only step:      {kl_rate:9.0f} samples/s")
+    print(f"KL + Sobolev step: {sob_rate:9.0f} samples/s")
+    print(f"time ratio Sobolev / KL: {kl_rate / sob_rate:.2f}")
+    total = sum(phases.values())
+    print("Sobolev step profile (ms per step):")
+    for key, ms in phases.items():
+        print(f"  {key:40s} {ms:8.1f}  ({100 * ms / total:4.1f}%)")
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "device": name,
+                    "kl_samples_per_s": kl_rate,
+                    "sobolev_samples_per_s": sob_rate,
+                    "time_ratio": kl_rate / sob_rate,
+                    "profile_ms": phases,
+                    "cpus": len(os.sched_getaffinity(0)),
+                }
+            )
+        )
+
+
+if __name__ == "__main__":
+    main()
