@@ -23,6 +23,10 @@ def write_model_card(teacher_path: str | Path, scores: Scores, *, seed: int, com
     record: dict[str, Any] = safe_torch_load(teacher_path, what="teacher checkpoint")
     training = record.get("training", {})
     hp = training.get("hyperparameters", {})
+    steps, frames = training.get("agent_steps", 0), training.get("emulator_frames", 0)
+    minutes, hardware = training.get("wall_time_s", 0) / 60, training.get("hardware", "unknown")
+    dtype = training.get("weights_dtype", "float32")
+    versions = ", ".join(f"{k} {v}" for k, v in record.get("versions", {}).items())
     lines = [
         f"# Teacher: {record['game']} (`{teacher_path.name}`)",
         "",
@@ -45,9 +49,9 @@ def write_model_card(teacher_path: str | Path, scores: Scores, *, seed: int, com
         "## Training",
         "",
         f"- algorithm: {training.get('algorithm', 'unknown')}",
-        f"- agent steps: {training.get('agent_steps', 0):,} ({training.get('emulator_frames', 0):,} emulator frames)",
-        f"- wall time: {training.get('wall_time_s', 0) / 60:.0f} minutes on {training.get('hardware', 'unknown')}",
-        f"- weights stored as {training.get('weights_dtype', 'float32')}; SHA-256 `{sha256_file(teacher_path)}`",
+        f"- agent steps: {steps:,} ({frames:,} emulator frames)",
+        f"- wall time: {minutes:.0f} minutes on {hardware}",
+        f"- weights stored as {dtype}; SHA-256 `{sha256_file(teacher_path)}`",
         "- hyperparameters:",
         "",
         "```json",
@@ -60,7 +64,7 @@ def write_model_card(teacher_path: str | Path, scores: Scores, *, seed: int, com
         json.dumps(record["settings"], indent=2, sort_keys=True),
         "```",
         "",
-        f"Package versions at export: {', '.join(f'{k} {v}' for k, v in record.get('versions', {}).items())}.",
+        f"Package versions at export: {versions}.",
         "",
     ]
     card = teacher_path.with_suffix(".md")
