@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from torch.utils.tensorboard import SummaryWriter
 
 from agents.networks import TeacherNet
-from agents.teacher_file import teacher_record
+from agents.teacher_file import TEACHER_FORMAT, teacher_record
 from policy_distill.checkpoint import (
     atomic_torch_save,
     hardware_description,
@@ -133,8 +133,17 @@ def _ppo_loss(
     return loss, stats
 
 
-def train_ppo(cfg: PPOConfig, out_dir: str | Path) -> Path:
-    """Train (or resume training) a teacher; returns the path of ``teacher.pt``."""
+def train_ppo(cfg: PPOConfig, out_dir: str | Path, *, init_from: str | Path | None = None) -> Path:
+    """Train (or resume training) a teacher; returns the path of ``teacher.pt``.
+
+    Args:
+        cfg: Hyperparameters.
+        out_dir: Run directory; a ``trainer_state.pt`` there is resumed.
+        init_from: A teacher checkpoint of this toolkit to continue from when ``out_dir`` holds no
+            state (e.g. a shipped interim teacher, on a machine without the original run). The
+            weights and the step count (so the learning-rate schedule) carry over; Adam's
+            moments start afresh.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     settings = cfg.settings()
@@ -155,7 +164,9 @@ def train_ppo(cfg: PPOConfig, out_dir: str | Path) -> Path:
             what="trainer state",
         )
         saved = PPOConfig(**state["config"])
-        if dataclasses.replace(saved, device=cfg.device) != cfg:
+        # A longer budget (the schedule stretches), another device or checkpoint period may resume.
+        same = dict(device=cfg.device, total_steps=cfg.total_steps, checkpoint_every=cfg.checkpoint_every)
+        if dataclasses.replace(saved, **same) != cfg:
             raise UserError(
                 f"{out_dir} holds a run with other settings; pass the same arguments to resume "
                 "or choose another --out directory"
@@ -165,6 +176,20 @@ def train_ppo(cfg: PPOConfig, out_dir: str | Path) -> Path:
         global_step, first_update = state["global_step"], state["update"] + 1
         elapsed_before = state["wall_time_s"]
         print(f"resuming {out_dir} at step {global_step:,}")
+    elif init_from is not None:
+        record = require_format(
+            safe_torch_load(init_from, what="teacher checkpoint"),
+            TEACHER_FORMAT,
+            init_from,
+            what="teacher checkpoint",
+        )
+        EnvSettings.from_dict(record["settings"]).check_matches(settings, mine="teacher", theirs="run")
+        net.load_state_dict({k: v.float() for k, v in record["state_dict"].items()})
+        training = record.get("training", {})
+        global_step = int(training.get("agent_steps", 0))
+        first_update = global_step // cfg.batch_size + 1
+        elapsed_before = float(training.get("wall_time_s", 0.0))
+        print(f"continuing from {init_from} at step {global_step:,} (fresh Adam moments)")
 
     writer = SummaryWriter(str(out_dir), purge_step=global_step or None)
     if first_update == 1:

@@ -38,7 +38,7 @@ def cmd_train_teacher(args: argparse.Namespace) -> dict[str, Any]:
 
     cfg = config_from_args(PPOConfig, args, game=game_info(args.game).name)
     out = Path(args.out or f"runs/teachers/{cfg.game}")
-    path = train_ppo(cfg, out)
+    path = train_ppo(cfg, out, init_from=args.init_from)
     return {"teacher": str(path)}
 
 
@@ -158,6 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_arguments(p, PPOConfig, skip=("game",))
     p.add_argument("--game", required=True, help="pong, breakout or space_invaders")
     p.add_argument("--out", help="run directory (default runs/teachers/<game>); resumes if present")
+    p.add_argument("--init-from", help="teacher checkpoint to continue from when the run directory is new")
     p.add_argument("--json", action="store_true", help="print the result as JSON on the last line")
     p.set_defaults(func=cmd_train_teacher)
 
