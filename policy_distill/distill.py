@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -242,8 +243,9 @@ def distill(cfg: DistillConfig) -> dict[str, Any]:
         dim=1,
     )
 
-    def eval_batches() -> list[tuple[Tensor, Tensor]]:
-        return [test_store.batch(eval_idx[i : i + 1000]) for i in range(0, len(eval_idx), 1000)]
+    def eval_batches() -> Iterator[tuple[Tensor, Tensor]]:
+        # Lazily: 10K float frames at once would be 1.1 GB.
+        return (test_store.batch(eval_idx[i : i + 1000]) for i in range(0, len(eval_idx), 1000))
 
     def evaluate() -> dict[str, float]:
         student.eval()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import Tensor
@@ -13,7 +13,7 @@ from policy_distill.losses import LogProbFn, input_jacobian, kl_divergence
 @torch.no_grad()
 def policy_metrics(
     student: LogProbFn,
-    batches: Callable[[], list[tuple[Tensor, Tensor]]],
+    batches: Callable[[], Iterable[tuple[Tensor, Tensor]]],
 ) -> dict[str, float]:
     """Action-prediction error and KL over held-out data.
 
