@@ -211,6 +211,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-teacher", action="store_true", help="do not play the teacher")
     p.add_argument("--json", action="store_true", help="print the result as JSON on the last line")
     p.set_defaults(func=cmd_evaluate)
+
+    from policy_distill.regression.benchmark import register as register_regression
+
+    register_regression(sub)
     return parser
 
 
