@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import io
 import json
-import pickle
 import re
 import zipfile
 from dataclasses import dataclass
@@ -39,6 +38,8 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from agents.networks import nature_torso
+from policy_distill.checkpoint import torch_load_weights_only
 from policy_distill.errors import UserError
 from policy_distill.settings import EnvSettings, game_info
 
@@ -92,17 +93,7 @@ class ImportedNet(nn.Module):
         self.head_kind = head
         self.n_quantiles = n_quantiles
         self.temperature = temperature
-        self.torso = nn.Sequential(
-            nn.Conv2d(in_frames, 32, 8, stride=4),
-            nn.ReLU(),
-            nn.Conv2d(32, 64, 4, stride=2),
-            nn.ReLU(),
-            nn.Conv2d(64, 64, 3, stride=1),
-            nn.ReLU(),
-            nn.Flatten(),
-            nn.Linear(64 * 7 * 7, HIDDEN),
-            nn.ReLU(),
-        )
+        self.torso = nature_torso(in_frames, HIDDEN)
         self.head = nn.Linear(HIDDEN, num_actions * n_quantiles)
 
     def action_values(self, x: Tensor) -> Tensor:
@@ -188,19 +179,12 @@ def _read_member(archive: zipfile.ZipFile, name: str, limit: int, path: Path) ->
 def _load_state_dict_bytes(raw: bytes, path: Path, member: str) -> dict[str, Tensor]:
     """``torch.load(weights_only=True)`` of a zip member, every failure a one-line UserError."""
     where = f"{str(path)!r} (member {member!r})"
-    try:
-        state = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        found = re.search(r"GLOBAL ([\w.]+)", str(e))
-        detail = f" ({found.group(1)})" if found else ""
-        raise UserError(
-            f"SB3 zip {where} holds pickled Python objects{detail}, which are never loaded for "
-            "safety; re-save the model with stable-baselines3's model.save()"
-        ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
-        raise UserError(
-            f"SB3 zip {where} is truncated or corrupted ({type(e).__name__}); re-download it"
-        ) from None
+    state = torch_load_weights_only(
+        io.BytesIO(raw),
+        label=f"SB3 zip {where}",
+        pickled_fix="re-save the model with stable-baselines3's model.save()",
+        corrupt_fix="re-download it",
+    )
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
         raise UserError(f"SB3 zip {where} is not a state dict of tensors; re-save it with model.save()")
     return state

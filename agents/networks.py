@@ -20,6 +20,25 @@ def _init(layer: nn.Module, gain: float) -> nn.Module:
     return layer
 
 
+def nature_torso(in_frames: int = 4, hidden: int = 512) -> nn.Sequential:
+    """The "Nature DQN" torso: ``[B, 4, 84, 84] float`` -> ``[B, hidden]``.
+
+    Shared by :class:`TeacherNet` and the networks of imported teachers (SB3, CleanRL), whose
+    layers sit at the same indices (0, 2, 4 conv; 7 linear).
+    """
+    return nn.Sequential(
+        nn.Conv2d(in_frames, 32, 8, stride=4),
+        nn.ReLU(),
+        nn.Conv2d(32, 64, 4, stride=2),
+        nn.ReLU(),
+        nn.Conv2d(64, 64, 3, stride=1),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(64 * 7 * 7, hidden),
+        nn.ReLU(),
+    )
+
+
 class TeacherNet(nn.Module):
     """Actor-critic over ``[B, 4, 84, 84]`` float frames in [0, 1]."""
 
@@ -27,17 +46,10 @@ class TeacherNet(nn.Module):
         super().__init__()
         self.num_actions = num_actions
         relu_gain = math.sqrt(2)
-        self.torso = nn.Sequential(
-            _init(nn.Conv2d(in_frames, 32, 8, stride=4), relu_gain),
-            nn.ReLU(),
-            _init(nn.Conv2d(32, 64, 4, stride=2), relu_gain),
-            nn.ReLU(),
-            _init(nn.Conv2d(64, 64, 3, stride=1), relu_gain),
-            nn.ReLU(),
-            nn.Flatten(),
-            _init(nn.Linear(64 * 7 * 7, hidden), relu_gain),
-            nn.ReLU(),
-        )
+        self.torso = nature_torso(in_frames, hidden)
+        for layer in self.torso:
+            if isinstance(layer, (nn.Conv2d, nn.Linear)):
+                _init(layer, relu_gain)
         # Small policy-head gain keeps the initial policy near uniform (CleanRL, SB3).
         self.policy_head = _init(nn.Linear(hidden, num_actions), 0.01)
         self.value_head = _init(nn.Linear(hidden, 1), 1.0)

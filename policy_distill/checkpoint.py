@@ -16,7 +16,7 @@ import re
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 
@@ -57,8 +57,30 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
         raise
 
 
+def torch_load_weights_only(
+    source: str | Path | BinaryIO, *, label: str, pickled_fix: str, corrupt_fix: str
+) -> Any:
+    """``torch.load(weights_only=True)`` with every failure turned into a one-line UserError.
+
+    Args:
+        source: A path or a binary file object (e.g. a member of a zip).
+        label: Names the file in messages ("teacher checkpoint 'x.pt'").
+        pickled_fix, corrupt_fix: The fix each message suggests.
+    """
+    try:
+        return torch.load(source, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        found = re.search(r"GLOBAL ([\w.]+)", str(e))
+        detail = f" ({found.group(1)})" if found else ""
+        raise UserError(
+            f"{label} holds pickled Python objects{detail}, which are never loaded for safety; {pickled_fix}"
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+        raise UserError(f"{label} is truncated or corrupted ({type(e).__name__}); {corrupt_fix}") from None
+
+
 def safe_torch_load(path: str | Path, *, what: str) -> Any:
-    """Load a checkpoint with ``weights_only=True``, turning every failure into a UserError.
+    """Load a checkpoint file with ``weights_only=True``, turning every failure into a UserError.
 
     Args:
         path: The file.
@@ -67,20 +89,12 @@ def safe_torch_load(path: str | Path, *, what: str) -> Any:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{what} {str(path)!r} does not exist; check the path")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        found = re.search(r"GLOBAL ([\w.]+)", str(e))
-        detail = f" ({found.group(1)})" if found else ""
-        raise UserError(
-            f"{what} {str(path)!r} holds pickled Python objects{detail}, which are never loaded "
-            "for safety; export it as a plain state dict of tensors"
-        ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
-        raise UserError(
-            f"{what} {str(path)!r} is truncated or corrupted ({type(e).__name__}); "
-            "re-download or re-create it"
-        ) from None
+    return torch_load_weights_only(
+        path,
+        label=f"{what} {str(path)!r}",
+        pickled_fix="export it as a plain state dict of tensors",
+        corrupt_fix="re-download or re-create it",
+    )
 
 
 def require_format(record: Any, expected: str, path: str | Path, *, what: str) -> dict[str, Any]:
