@@ -179,3 +179,12 @@ def test_evaluation_plays_whole_games_with_raw_scores(tiny) -> None:  # noqa: AN
     assert len(scores.scores) == 3 and len(scores.lengths) == 3
     assert all(float(s).is_integer() and -21 <= s <= 21 for s in scores.scores)
     assert all(0 < n <= 240 // 4 for n in scores.lengths)
+
+
+def test_package_level_loaders(tiny) -> None:  # noqa: ANN001
+    import policy_distill
+
+    path = distill(config(tiny, run="pkg"))["best_checkpoint"]
+    student = policy_distill.load_student(path, device="cpu")
+    assert student.num_actions == 6
+    assert policy_distill.load_teacher(tiny / "teacher.pt").num_actions == 6
