@@ -295,18 +295,14 @@ def _sb3_layout(state: dict[str, Tensor], path: Path) -> tuple[str, dict[str, Te
         accounted = _torso_keys("features_extractor.", "pi_features_extractor.", "vf_features_extractor.")
         accounted |= _layer_keys("action_net", "value_net")
         return "actor-critic", mapped, accounted
-    if "q_net.q_net.0.weight" in keys:
-        mapped = _take(state, _SB3_TORSO, "q_net.features_extractor.", path, "SB3 DQN model")
-        mapped.update(_take(state, {"q_net.q_net.0": "head"}, "", path, "SB3 DQN model"))
-        accounted = _torso_keys("q_net.features_extractor.", "q_net_target.features_extractor.")
-        accounted |= _layer_keys("q_net.q_net.0", "q_net_target.q_net.0")
-        return "dqn", mapped, accounted
-    if "quantile_net.quantile_net.0.weight" in keys:
-        mapped = _take(state, _SB3_TORSO, "quantile_net.features_extractor.", path, "QR-DQN model")
-        mapped.update(_take(state, {"quantile_net.quantile_net.0": "head"}, "", path, "QR-DQN model"))
-        accounted = _torso_keys("quantile_net.features_extractor.", "quantile_net_target.features_extractor.")
-        accounted |= _layer_keys("quantile_net.quantile_net.0", "quantile_net_target.quantile_net.0")
-        return "qrdqn", mapped, accounted
+    # DQN and QR-DQN differ only in the name of their network: <net>.features_extractor, <net>.<net>.0
+    for net, kind, label in (("q_net", "dqn", "SB3 DQN model"), ("quantile_net", "qrdqn", "QR-DQN model")):
+        if f"{net}.{net}.0.weight" in keys:
+            mapped = _take(state, _SB3_TORSO, f"{net}.features_extractor.", path, label)
+            mapped.update(_take(state, {f"{net}.{net}.0": "head"}, "", path, label))
+            accounted = _torso_keys(f"{net}.features_extractor.", f"{net}_target.features_extractor.")
+            accounted |= _layer_keys(f"{net}.{net}.0", f"{net}_target.{net}.0")
+            return kind, mapped, accounted
     sample = ", ".join(sorted(keys)[:4])
     raise UserError(
         f"SB3 zip {str(path)!r} holds a policy this toolkit cannot read (keys {sample}, ...); "

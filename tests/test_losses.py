@@ -75,39 +75,31 @@ def test_projection_estimator_matches_exact_jacobian_loss(torch_gen) -> None:  #
     x = torch.rand(6, 2, 3, 3, generator=torch_gen)
     exact, _ = sobolev_exact_loss(student.log_probs, teacher.log_probs, x, norm="squared_l2")
     teacher_logp = teacher.log_probs(x).detach()
-    samples = torch.tensor(
-        [
-            distillation_loss(
-                student.log_probs,
-                x,
-                teacher_logp,
-                teacher=teacher.log_probs,
-                alpha=1.0,
-                norm="squared_l2",
-                generator=torch_gen,
-            ).sobolev.item()
-            for _ in range(1500)
-        ]
-    )
+
+    def draws(n: int, k: int) -> torch.Tensor:
+        """n independent estimates of the Sobolev term, each averaging k projections."""
+        return torch.tensor(
+            [
+                distillation_loss(
+                    student.log_probs,
+                    x,
+                    teacher_logp,
+                    teacher=teacher.log_probs,
+                    alpha=1.0,
+                    norm="squared_l2",
+                    num_projections=k,
+                    generator=torch_gen,
+                ).sobolev.item()
+                for _ in range(n)
+            ]
+        )
+
+    samples = draws(1500, 1)
     # Monte Carlo tolerance: 4 standard errors of the sample mean.
     tolerance = 4 * samples.std().item() / math.sqrt(len(samples))
     assert abs(samples.mean().item() - exact.item()) < tolerance
     # K projections per step average K draws: the same expectation, lower variance.
-    k4 = torch.tensor(
-        [
-            distillation_loss(
-                student.log_probs,
-                x,
-                teacher_logp,
-                teacher=teacher.log_probs,
-                alpha=1.0,
-                norm="squared_l2",
-                num_projections=4,
-                generator=torch_gen,
-            ).sobolev.item()
-            for _ in range(300)
-        ]
-    )
+    k4 = draws(300, 4)
     assert abs(k4.mean().item() - exact.item()) < 4 * k4.std().item() / math.sqrt(len(k4))
     assert k4.std() < samples.std()
 
