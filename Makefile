@@ -26,6 +26,7 @@ help:
 	@echo "make evaluate CHECKPOINT=runs/pong/<run>/best.pt EPISODES=10"
 	@echo "make regression-benchmark  the paper's section 4.1 benchmark"
 	@echo "make benchmark             collection and distillation throughput benchmarks"
+	@echo "make reproduce [ARGS=...]  the paper's Figure 4 sweep (resumable); make report writes docs/reproduce"
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -68,6 +69,12 @@ evaluate: setup
 
 regression-benchmark: setup
 	$(PY) -m policy_distill regression-benchmark --out docs/regression $(ARGS)
+
+reproduce: setup
+	$(PY) -m policy_distill reproduce $(ARGS)
+
+report: setup
+	$(PY) -m policy_distill report $(ARGS)
 
 benchmark: setup
 	$(PY) benchmarks/collection_throughput.py

@@ -35,14 +35,15 @@ def _sync(device: torch.device) -> None:
 
 def time_steps(student, teacher, x, logp, alpha: float, steps: int, device) -> float:  # noqa: ANN001
     """Samples/s of full training steps (loss, backward, Adam)."""
-    opt = torch.optim.Adam(student.parameters(), lr=1e-4)
+    params = list(student.parameters())
+    opt = torch.optim.Adam(params, lr=1e-4)
     for i in range(steps + 3):  # 3 warm-up steps
         if i == 3:
             _sync(device)
             start = time.perf_counter()
         loss = distillation_loss(student.log_probs, x, logp, teacher=teacher.log_probs, alpha=alpha)
         opt.zero_grad(set_to_none=True)
-        loss.total.backward()
+        torch.autograd.backward(loss.total, inputs=params)  # as distill.py: no input .grad
         opt.step()
     _sync(device)
     return steps * x.shape[0] / (time.perf_counter() - start)

@@ -139,6 +139,25 @@ def cmd_evaluate(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+def cmd_reproduce(args: argparse.Namespace) -> dict[str, Any]:
+    from policy_distill.config_args import config_from_args
+    from policy_distill.sweep import SweepConfig, reproduce
+
+    result = reproduce(config_from_args(SweepConfig, args))
+    print(
+        f"{result['ran']} run(s) finished, {result['skipped']} cell(s) already in {result['results']}; "
+        f"report: python -m policy_distill report --results {result['results']}"
+    )
+    return result
+
+
+def cmd_report(args: argparse.Namespace) -> dict[str, Any]:
+    from policy_distill.config_args import config_from_args
+    from policy_distill.report import ReportConfig, make_report
+
+    return make_report(config_from_args(ReportConfig, args))
+
+
 def _check_positive(**values: int) -> None:
     for name, value in values.items():
         if value is not None and value < 1:
@@ -211,6 +230,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-teacher", action="store_true", help="do not play the teacher")
     p.add_argument("--json", action="store_true", help="print the result as JSON on the last line")
     p.set_defaults(func=cmd_evaluate)
+
+    from policy_distill.report import ReportConfig
+    from policy_distill.sweep import SweepConfig
+
+    p = sub.add_parser(
+        "reproduce",
+        help="the paper's Figure 4 sweep: games x fractions x {kl, sobolev} x seeds, resumable",
+    )
+    add_config_arguments(p, SweepConfig)
+    p.add_argument("--json", action="store_true", help="print the result as JSON on the last line")
+    p.set_defaults(func=cmd_reproduce)
+
+    p = sub.add_parser("report", help="write docs/reproduce/README.md and figures from reproduce's results")
+    add_config_arguments(p, ReportConfig)
+    p.add_argument("--json", action="store_true", help="print the result as JSON on the last line")
+    p.set_defaults(func=cmd_report)
 
     from policy_distill.regression.benchmark import register as register_regression
 

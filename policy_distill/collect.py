@@ -208,7 +208,7 @@ def collect(
             stream.rewards.append(float(r))
             if over:
                 episodes.append((streams.pop(e), True, float(np.sum(stream.rewards))))
-        bar.set_postfix(episodes=len(episodes))
+        bar.set_postfix(episodes=len(episodes), refresh=False)  # a refresh per step floods logs
     bar.close()
     env.close()
     wall = time.time() - started

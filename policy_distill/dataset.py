@@ -86,20 +86,34 @@ class Dataset:
         """``[B]`` sample indices -> ``[B]`` episode numbers."""
         return np.searchsorted(self.episode_starts, np.asarray(idx), side="right") - 1
 
-    def split(self, train_fraction: float) -> Split:
+    def split(self, train_fraction: float, validation_fraction: float = 0.0) -> Split:
         """The paper's time-wise split: train on the first x% of the recording, test on the rest.
 
         The training part is exactly the first ``round(x * N)`` samples. The test part starts
         at the first episode boundary at or after the cut, so no episode is on both sides; the
         rest of the episode that the cut falls into is used by neither.
+
+        With ``validation_fraction`` v > 0 the held-out part is carved from the end of the
+        training part instead (for choosing hyperparameters without touching the test part):
+        train on its first ``round((1 - v) * n_train)`` samples, validate from the next episode
+        boundary up to the end of the training part.
         """
         if not 0.0 < train_fraction <= 1.0:
             raise UserError(f"--train-fraction must be in (0, 1], got {train_fraction}")
-        n = len(self)
-        n_train = max(1, int(round(train_fraction * n)))
-        boundary = int(np.searchsorted(self.episode_starts, n_train, side="left"))
-        test_start = int(self.episode_starts[boundary]) if boundary < len(self.episode_starts) else n
-        return Split(train=np.arange(n_train), test=np.arange(test_start, n))
+        if not 0.0 <= validation_fraction < 1.0:
+            raise UserError(f"--validation-fraction must be in [0, 1), got {validation_fraction}")
+        n_train = max(1, int(round(train_fraction * len(self))))
+        if validation_fraction == 0.0:
+            return Split(
+                train=np.arange(n_train), test=np.arange(self._next_episode_start(n_train), len(self))
+            )
+        n_fit = max(1, int(round((1.0 - validation_fraction) * n_train)))
+        return Split(train=np.arange(n_fit), test=np.arange(self._next_episode_start(n_fit), n_train))
+
+    def _next_episode_start(self, index: int) -> int:
+        """The first episode start at or after sample ``index`` (``len(self)`` if none)."""
+        boundary = int(np.searchsorted(self.episode_starts, index, side="left"))
+        return int(self.episode_starts[boundary]) if boundary < len(self.episode_starts) else len(self)
 
 
 def load_dataset(path: str | Path, *, mmap: bool = True) -> Dataset:

@@ -57,6 +57,9 @@ class DistillConfig:
     """Frames to record when the dataset is missing (the paper's 100K)."""
     train_fraction: float = 0.9
     """The paper's x%: the first x of the recording trains, later episodes test."""
+    validation_fraction: float = 0.0
+    """Hold out this share of the training part's end (whole episodes) instead of the test part,
+    for choosing hyperparameters; 0 evaluates on the test part."""
     steps: int = 3_000
     """Optimiser steps (3,000 x 200 frames: ~6.7 passes over a 90K-frame training split)."""
     batch_size: int = 200
@@ -116,6 +119,8 @@ class DistillConfig:
             problems.append(f"--learning-rate {self.learning_rate} (must be in (0, 1))")
         if self.temperature <= 0:
             problems.append(f"--temperature {self.temperature} (must be > 0)")
+        if self.validation_fraction and self.test_data:
+            problems.append("--validation-fraction with --test-data (validation is carved from training)")
         if problems:
             raise UserError("invalid settings: " + "; ".join(problems))
 
@@ -125,7 +130,8 @@ class DistillConfig:
 
     @property
     def run_dir(self) -> Path:
-        name = self.run or f"{self.method}-frac{self.train_fraction:g}-seed{self.seed}"
+        val = f"-val{self.validation_fraction:g}" if self.validation_fraction else ""
+        name = self.run or f"{self.method}-frac{self.train_fraction:g}{val}-seed{self.seed}"
         return Path(self.runs_dir) / self.game / name
 
     def resume_key(self) -> dict[str, Any]:
@@ -182,7 +188,7 @@ def distill(cfg: DistillConfig) -> dict[str, Any]:
     device = pick_device(cfg.device)
     teacher = load_teacher(cfg.teacher or cfg.game, game=cfg.game, device=device)
     dataset = _prepare_data(cfg, teacher)
-    split = dataset.split(cfg.train_fraction)
+    split = dataset.split(cfg.train_fraction, cfg.validation_fraction)
     store = FrameStore(dataset, device)
     if cfg.test_data:
         test_set = load_dataset(cfg.test_data, mmap=False)
@@ -192,10 +198,12 @@ def distill(cfg: DistillConfig) -> dict[str, Any]:
         test_store, test_idx = store, split.test
     if len(test_idx) == 0:
         raise UserError(
-            f"--train-fraction {cfg.train_fraction} leaves no held-out episode; lower it or pass --test-data"
+            f"--train-fraction {cfg.train_fraction} (--validation-fraction {cfg.validation_fraction}) leaves "
+            "no held-out episode; lower the first, raise the second, or pass --test-data"
         )
     print(
-        f"train {len(split.train):,} frames, test {len(test_idx):,} frames "
+        f"train {len(split.train):,} frames, {'validation' if cfg.validation_fraction else 'test'} "
+        f"{len(test_idx):,} frames "
         f"({dataset.meta['episodes']} episodes), device {device}"
     )
 
@@ -203,7 +211,8 @@ def distill(cfg: DistillConfig) -> dict[str, Any]:
     student = StudentNet(StudentArch(num_actions=dataset.settings.num_actions, in_frames=dataset.stack)).to(
         device
     )
-    optimizer = torch.optim.Adam(student.parameters(), lr=cfg.learning_rate)
+    parameters = list(student.parameters())
+    optimizer = torch.optim.Adam(parameters, lr=cfg.learning_rate)
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
     run_dir = cfg.run_dir
     step, best_kl, history = 0, math.inf, []
@@ -219,6 +228,12 @@ def distill(cfg: DistillConfig) -> dict[str, Any]:
             raise UserError(
                 f"{run_dir} holds a run with other settings; use the same arguments to resume, "
                 "or --run NAME for a new run"
+            )
+        stored = (state["dataset"].get("content_sha256"), state["teacher"]["sha256"])
+        if stored != (dataset.meta.get("content_sha256"), teacher.source.sha256):
+            raise UserError(
+                f"{run_dir} holds a run on another dataset or teacher; pass --run NAME for a new run "
+                "(or the original --data and --teacher to resume)"
             )
         student.load_state_dict(state["state_dict"])
         optimizer.load_state_dict(state["optimizer"])
@@ -302,7 +317,8 @@ def distill(cfg: DistillConfig) -> dict[str, Any]:
                 "--learning-rate or --alpha"
             )
         optimizer.zero_grad(set_to_none=True)
-        loss.total.backward()
+        # Only the parameters: the Sobolev input x requires grad, and its gradient is not used.
+        torch.autograd.backward(loss.total, inputs=parameters)
         optimizer.step()
         step += 1
         window_steps += 1

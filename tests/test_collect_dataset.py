@@ -188,6 +188,20 @@ def test_split_is_time_wise_exact_and_never_shares_an_episode(rng, tmp_path, fra
     assert unused < ds.episode_starts[cut_episode + 1] - ds.episode_starts[cut_episode]
 
 
+@pytest.mark.parametrize("fraction", [0.1, 0.5, 1.0])
+def test_validation_split_stays_inside_the_training_part(rng, tmp_path, fraction: float) -> None:  # noqa: ANN001
+    ds = _fake_dataset(tmp_path, list(rng.integers(50, 400, size=60)))
+    n_train = len(ds.split(fraction).train)
+    val = ds.split(fraction, validation_fraction=0.2)
+    assert len(val.train) == round(0.8 * n_train)
+    np.testing.assert_array_equal(val.train, np.arange(len(val.train)))
+    assert len(val.test) > 0 and val.test[0] >= len(val.train)
+    assert val.test[-1] == n_train - 1  # never reaches into the test part
+    assert not set(ds.episode_of(val.train)) & set(ds.episode_of(val.test))
+    with pytest.raises(UserError, match="validation-fraction"):
+        ds.split(fraction, validation_fraction=1.0)
+
+
 def test_split_rejects_bad_fractions(tmp_path) -> None:  # noqa: ANN001
     ds = _fake_dataset(tmp_path, [100, 100])
     for bad in (0.0, -0.1, 1.5):

@@ -97,6 +97,19 @@ def test_resume_with_other_settings_is_refused(tiny) -> None:  # noqa: ANN001
         distill(config(tiny, run="fixed", alpha=0.5))
 
 
+def test_resume_on_another_dataset_is_refused(tiny) -> None:  # noqa: ANN001
+    other = tiny / "data-seed1"
+    collect(
+        load_teacher(tiny / "teacher.pt"),
+        CollectConfig(frames=200, seed=1, num_envs=2, batch_size=2),
+        other,
+        progress=False,
+    )
+    distill(config(tiny, run="moved", steps=2))
+    with pytest.raises(UserError, match="another dataset or teacher"):
+        distill(config(tiny, run="moved", steps=4, data=str(other)))
+
+
 def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(tiny, monkeypatch) -> None:  # noqa: ANN001
     real = distill_module.distillation_loss
     calls = {"n": 0}
@@ -188,3 +201,17 @@ def test_package_level_loaders(tiny) -> None:  # noqa: ANN001
     student = policy_distill.load_student(path, device="cpu")
     assert student.num_actions == 6
     assert policy_distill.load_teacher(tiny / "teacher.pt").num_actions == 6
+
+
+def test_validation_run_holds_out_part_of_the_training_split(tiny) -> None:  # noqa: ANN001
+    cfg = config(tiny, train_fraction=0.9, validation_fraction=0.3, steps=2)
+    assert cfg.run_dir.name == "sobolev-frac0.9-val0.3-seed0"
+    result = distill(cfg)
+    dataset = load_dataset(tiny / "data")
+    val = dataset.split(0.9, 0.3)
+    record = load_student(result["best_checkpoint"]).record
+    assert record["dataset"]["train_frames"] == len(val.train)
+    assert record["dataset"]["test_frames"] == len(val.test)
+    assert val.test[-1] < len(dataset.split(0.9).train)  # the test part is never looked at
+    with pytest.raises(UserError, match="validation-fraction with --test-data"):
+        config(tiny, validation_fraction=0.3, test_data=str(tiny / "data"))

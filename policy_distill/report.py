@@ -1,0 +1,635 @@
+"""The reproduction report: ``policy_distill report`` / ``make report``.
+
+Reads the results table(s) written by ``policy_distill reproduce`` and writes
+``docs/reproduce/README.md`` with two figures beside it:
+
+- ``figure4.png``: the layout of the paper's Figure 4 (Czarnecki et al. 2017, section 4.2):
+  held-out action-prediction error and held-out KL against the training fraction (log axis),
+  KL-only against Sobolev students, one column per game; the mean over seeds with a 95%
+  Student-t interval (mean ± t(0.975, n-1) s / sqrt(n), s the sample std over n seeds);
+- ``gradient_fidelity.png``: cosine and relative L2 error between the students' and the
+  teacher's input-gradients of log pi, against the fraction.
+
+The page also gives the game scores at the largest fraction next to the teacher's, the
+hardware and wall time, the hyperparameters with how they were chosen, the commands that
+reproduce it, the cells still waiting, and a "Do the paper's claims hold?" section whose
+sentences are computed from the numbers in the table.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import shlex
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from policy_distill.errors import UserError
+from policy_distill.sweep import (
+    DEFAULT_FRACTIONS,
+    DEFAULT_HPARAMS,
+    DEFAULT_RESULTS,
+    METHODS,
+    GameHparams,
+    SweepConfig,
+    latest_rows,
+    load_hparams,
+    parse_fractions,
+    parse_seeds,
+    read_rows,
+)
+
+LABELS = {"kl": "KL only", "sobolev": "Sobolev"}
+COLOURS = {"kl": "#7f7f7f", "sobolev": "#1f77b4"}
+METRIC_LABELS = {
+    "action_error": "held-out action-prediction error",
+    "kl": "held-out KL",
+    "grad_cosine": "gradient cosine (student vs teacher)",
+    "grad_rel_l2": "gradient relative L2 error",
+    "score_mean": "game score",
+}
+SHORT_LABELS = {"action_error": "action error", "kl": "KL", "grad_cosine": "cosine", "grad_rel_l2": "rel. L2"}
+
+# Two-sided 95% quantiles t(0.975, df) of Student's t distribution, df = 1..30 (standard
+# tables, 4 decimals); tests/test_sweep.py checks them against a numerical integration.
+_T975 = (
+    12.7062, 4.3027, 3.1824, 2.7764, 2.5706, 2.4469, 2.3646, 2.3060, 2.2622, 2.2281,
+    2.2010, 2.1788, 2.1604, 2.1448, 2.1314, 2.1199, 2.1098, 2.1009, 2.0930, 2.0860,
+    2.0796, 2.0739, 2.0687, 2.0639, 2.0595, 2.0555, 2.0518, 2.0484, 2.0452, 2.0423,
+)  # fmt: skip
+
+
+def t_quantile_975(df: int) -> float:
+    """t(0.975, df): the table for df <= 30, beyond it the Cornish-Fisher expansion around the
+    normal quantile (error below 1e-4 for df > 30)."""
+    if df < 1:
+        raise ValueError(f"degrees of freedom must be >= 1, got {df}")
+    if df <= len(_T975):
+        return _T975[df - 1]
+    z = 1.959964
+    return z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
+
+
+@dataclass(frozen=True)
+class Interval:
+    """Mean over seeds and the half-width of its 95% t-interval (None for fewer than 2 seeds)."""
+
+    n: int
+    mean: float
+    half_width: float | None
+    values: tuple[float, ...]
+
+    @property
+    def low(self) -> float:
+        return self.mean - (self.half_width or 0.0)
+
+    @property
+    def high(self) -> float:
+        return self.mean + (self.half_width or 0.0)
+
+
+def interval(values: Sequence[float]) -> Interval:
+    """Mean ± t(0.975, n-1) * s / sqrt(n), s the sample standard deviation (ddof 1)."""
+    x = np.asarray(values, dtype=np.float64)
+    if len(x) == 0:
+        raise ValueError("no values")
+    if len(x) < 2:
+        return Interval(1, float(x[0]), None, (float(x[0]),))
+    half = t_quantile_975(len(x) - 1) * float(x.std(ddof=1)) / math.sqrt(len(x))
+    if half <= 1e-12 * abs(float(x.mean())):
+        half = 0.0  # equal values: rounding noise, not spread
+    return Interval(len(x), float(x.mean()), half, tuple(float(v) for v in x))
+
+
+def fmt(iv: Interval | None, digits: int = 4) -> str:
+    """``mean ± half-width`` for 2+ seeds, ``mean (1 seed)`` for one, ``waiting`` for none."""
+    if iv is None:
+        return "waiting"
+    if iv.half_width is None:
+        return f"{iv.mean:.{digits}g} (1 seed)"
+    return f"{iv.mean:.{digits}g} ± {iv.half_width:.2g}"
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    """Where the report reads from and writes to, and the grid it expects."""
+
+    results: str = DEFAULT_RESULTS
+    """Results table(s) written by reproduce, comma-separated (e.g. one per machine)."""
+    hparams: str = DEFAULT_HPARAMS
+    """The hyperparameter file the sweep used: its games are expected, its chosen_by is quoted."""
+    out: str = "docs/reproduce"
+    """Folder for README.md, figure4.png and gradient_fidelity.png."""
+    fractions: str = DEFAULT_FRACTIONS
+    """The expected training fractions; cells without a row are listed as waiting."""
+    seeds: str = "0,1,2"
+    """The expected seeds."""
+    metrics: str = "final"
+    """final: held-out metrics after the last step (default); best: at best.pt, the step of
+    lowest held-out KL (chosen on the test split itself, so optimistic)."""
+
+
+# --- Summaries -------------------------------------------------------------------------------
+
+
+class Summary:
+    """The rows of one report, grouped: per (game, method, fraction) an Interval per metric."""
+
+    def __init__(self, rows: Sequence[dict[str, Any]], hparams: dict[str, GameHparams], which: str) -> None:
+        self.which = which
+        students = [r for r in rows if r.get("method") in METHODS]
+        self.excluded = 0
+        kept = []
+        for r in students:
+            hp = hparams.get(r["game"])
+            if hp is not None and (r["learning_rate"], r["alpha"], r["steps"]) != (
+                hp.learning_rate,
+                hp.alpha_for(r["method"]),
+                hp.steps,
+            ):
+                self.excluded += 1  # made with other hyperparameters than the file's
+                continue
+            kept.append(r)
+        self.students = kept
+        self.teachers = [r for r in rows if r.get("method") == "teacher"]
+        self.hparams = hparams
+        seen = sorted({r["game"] for r in kept} | {r["game"] for r in self.teachers})
+        self.games = list(hparams) + [g for g in seen if g not in hparams]
+
+    def runs(self, game: str, method: str, fraction: float) -> list[dict[str, Any]]:
+        return sorted(
+            (
+                r
+                for r in self.students
+                if (r["game"], r["method"], r["train_fraction"]) == (game, method, fraction)
+            ),
+            key=lambda r: r["seed"],
+        )
+
+    def fractions(self, game: str) -> list[float]:
+        return sorted({r["train_fraction"] for r in self.students if r["game"] == game})
+
+    def cell(self, game: str, method: str, fraction: float, metric: str) -> Interval | None:
+        """Interval over seeds of ``metric`` (action_error, kl, grad_cosine, grad_rel_l2 or score_mean)."""
+        field = metric if metric.startswith("score") else f"{self.which}_{metric}"
+        values = [r[field] for r in self.runs(game, method, fraction) if r.get(field) is not None]
+        return interval(values) if values else None
+
+
+def _gap(kl: Interval, sob: Interval) -> float | None:
+    """(KL-only - Sobolev) / KL-only of the means: positive where Sobolev is lower."""
+    return (kl.mean - sob.mean) / kl.mean if kl.mean else None
+
+
+def claims(summary: Summary, game: str) -> dict[str, Any]:
+    """Per metric (action error, KL): the fractions where Sobolev's mean is lower, where its
+    interval lies wholly below KL-only's, and the relative gaps at the smallest and largest
+    fraction measured for both methods."""
+    out: dict[str, Any] = {}
+    for metric in ("action_error", "kl"):
+        pairs = []
+        for f in summary.fractions(game):
+            kl, sob = summary.cell(game, "kl", f, metric), summary.cell(game, "sobolev", f, metric)
+            if kl is not None and sob is not None:
+                pairs.append((f, kl, sob))
+        if not pairs:
+            continue
+        lower = [f for f, kl, sob in pairs if sob.mean < kl.mean]
+        apart = [
+            f
+            for f, kl, sob in pairs
+            if kl.half_width is not None and sob.half_width is not None and sob.high < kl.low
+        ]
+        out[metric] = {
+            "fractions": [f for f, _, _ in pairs],
+            "sobolev_lower": lower,
+            "sobolev_interval_below": apart,
+            "gap_smallest": _gap(pairs[0][1], pairs[0][2]),
+            "gap_largest": _gap(pairs[-1][1], pairs[-1][2]),
+            "min_seeds": min(min(kl.n, sob.n) for _, kl, sob in pairs),
+        }
+    return out
+
+
+def _fracs(values: Sequence[float]) -> str:
+    return ", ".join(f"{f:g}" for f in values) or "none"
+
+
+def _pct(x: float | None) -> str:
+    return "n/a (KL-only mean is 0)" if x is None else f"{100 * x:+.1f}%"
+
+
+def claim_sentences(summary: Summary, game: str) -> list[str]:
+    """The "Do the paper's claims hold?" sentences of one game, generated from its numbers."""
+    found = claims(summary, game)
+    if not found:
+        return [f"**{game}**: no fraction has runs of both methods yet; nothing to compare."]
+    lines = []
+    for metric, c in found.items():
+        fr, lower = c["fractions"], c["sobolev_lower"]
+        others = [f for f in fr if f not in lower]
+        sentence = (
+            f"**{game}**, {METRIC_LABELS[metric]}: Sobolev's mean is lower than KL-only's at "
+            f"{len(lower)} of {len(fr)} fractions ({_fracs(lower)})"
+            + (f", not at {_fracs(others)}" if lower and others else "")
+            + "."
+        )
+        if c["min_seeds"] >= 2:
+            sentence += (
+                f" Its 95% interval lies wholly below KL-only's at {len(c['sobolev_interval_below'])} of "
+                f"{len(fr)} ({_fracs(c['sobolev_interval_below'])})."
+            )
+        else:
+            sentence += " Some of these cells have a single seed, so no interval is compared."
+        if len(fr) > 1:
+            sentence += (
+                f" Relative gap (KL-only − Sobolev) / KL-only: {_pct(c['gap_smallest'])} at the smallest "
+                f"fraction ({fr[0]:g}) and {_pct(c['gap_largest'])} at the largest ({fr[-1]:g})."
+            )
+        else:
+            sentence += (
+                f" Relative gap (KL-only − Sobolev) / KL-only at {fr[0]:g}: {_pct(c['gap_smallest'])}."
+            )
+        lines.append(sentence)
+    lines.append(_verdict(game, found))
+    return lines
+
+
+def _verdict(game: str, found: dict[str, Any]) -> str:
+    everywhere = all(len(c["sobolev_lower"]) == len(c["fractions"]) for c in found.values())
+    nowhere = all(not c["sobolev_lower"] for c in found.values())
+    wider = all(
+        len(c["fractions"]) > 1
+        and c["gap_smallest"] is not None
+        and c["gap_largest"] is not None
+        and c["gap_smallest"] > c["gap_largest"]
+        for c in found.values()
+    )
+    if everywhere and wider:
+        return (
+            f"**{game}, in sum**: consistent with the paper: Sobolev students have the lower mean on "
+            "both metrics at every fraction measured, by a wider relative margin at the smallest "
+            "fraction than at the largest."
+        )
+    if everywhere:
+        return (
+            f"**{game}, in sum**: partly consistent: Sobolev students have the lower mean on both "
+            "metrics at every fraction measured, but the relative margin is not wider at the smallest "
+            "fraction than at the largest (or only one fraction is measured)."
+        )
+    if nowhere:
+        return (
+            f"**{game}, in sum**: not consistent with the paper: KL-only students have the lower or an "
+            "equal mean on both metrics at every fraction measured."
+        )
+    return (
+        f"**{game}, in sum**: mixed: Sobolev's mean is lower at some fractions or on one metric, "
+        "not at every fraction on both."
+    )
+
+
+# --- Figures ---------------------------------------------------------------------------------
+
+
+def _plot(
+    summary: Summary, games: Sequence[str], metrics: Sequence[str], fractions: Sequence[float], title: str
+) -> bytes:
+    """One column per game, one row per metric: mean over seeds against the fraction (log x),
+    error bars the 95% t-interval, open markers single seeds, dots the seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullLocator
+
+    fig, axes = plt.subplots(
+        len(metrics), len(games), figsize=(3.4 * len(games) + 0.6, 2.8 * len(metrics) + 0.6), squeeze=False
+    )
+    for col, game in enumerate(games):
+        for row, metric in enumerate(metrics):
+            ax = axes[row][col]
+            for j, method in enumerate(METHODS):
+                cells = [(f, summary.cell(game, method, f, metric)) for f in summary.fractions(game)]
+                cells = [(f, c) for f, c in cells if c is not None]
+                if not cells:
+                    continue
+                # Nudge the two methods apart on the log axis so their bars do not overlap.
+                shift = 1.0 + (j - 0.5) * 0.06
+                xs = [f * shift for f, _ in cells]
+                ax.plot(xs, [c.mean for _, c in cells], "-", color=COLOURS[method], label=LABELS[method])
+                for x, (_, c) in zip(xs, cells):
+                    if c.half_width is None:
+                        ax.plot(x, c.mean, "o", mfc="white", color=COLOURS[method])
+                    else:
+                        ax.errorbar(x, c.mean, yerr=c.half_width, fmt="o", color=COLOURS[method], capsize=3)
+                    ax.plot([x] * c.n, c.values, ".", color="k", markersize=2, alpha=0.5)
+            ticks = sorted(set(fractions) | set(summary.fractions(game)))
+            ax.set_xscale("log")
+            ax.set_xticks(ticks, [f"{f:g}" for f in ticks], fontsize=7)
+            ax.xaxis.set_minor_locator(NullLocator())
+            ax.set_xlim(min(ticks) / 1.5, max(ticks) * 1.5)
+            ax.grid(alpha=0.3)
+            if row == 0:
+                ax.set_title(game)
+            if row == len(metrics) - 1:
+                ax.set_xlabel("training fraction of the 100K frames")
+            if col == 0:
+                ax.set_ylabel(METRIC_LABELS[metric], fontsize=8)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    for ax in axes.flat:  # the first panel may be empty
+        if handles:
+            break
+        handles, labels = ax.get_legend_handles_labels()
+    fig.suptitle(title, fontsize=9)
+    if handles:
+        fig.legend(handles, labels, loc="upper right", ncol=2, frameon=False, fontsize=8)
+    fig.tight_layout(rect=(0, 0, 1, 0.95))
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+# --- The page --------------------------------------------------------------------------------
+
+
+def _metric_table(summary: Summary, game: str, metrics: Sequence[str]) -> list[str]:
+    head = " | ".join(f"{SHORT_LABELS[m]}: {LABELS[k]}" for m in metrics for k in METHODS)
+    lines = [f"| fraction | seeds (KL / Sob.) | {head} |", "|---:|---:|" + "---:|" * (2 * len(metrics))]
+    for f in summary.fractions(game):
+        n = [len(summary.runs(game, m, f)) for m in METHODS]
+        cells = [fmt(summary.cell(game, m, f, metric)) for metric in metrics for m in METHODS]
+        lines.append(f"| {f:g} | {n[0]} / {n[1]} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _scores_table(summary: Summary) -> list[str]:
+    lines = [
+        "| game | fraction | KL-only students | Sobolev students | teacher |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    any_row = False
+    for game in summary.games:
+        scored = [r for r in summary.students if r["game"] == game and r.get("score_mean") is not None]
+        teachers = [r for r in summary.teachers if r["game"] == game]
+        if not scored and not teachers:
+            continue
+        any_row = True
+        fraction = max((r["train_fraction"] for r in scored), default=None)
+        shas = {r.get("teacher_sha256") for r in scored}
+        teacher = next((t for t in reversed(teachers) if t["teacher_sha256"] in shas), None) or (
+            teachers[-1] if teachers else None
+        )
+        cells = []
+        for method in METHODS:
+            iv = summary.cell(game, method, fraction, "score_mean") if fraction is not None else None
+            if iv is None:
+                cells.append("waiting")
+                continue
+            episodes = sorted(
+                {r["score_episodes"] for r in summary.runs(game, method, fraction) if "score_mean" in r}
+            )
+            cells.append(f"{fmt(iv, 3)} ({iv.n} seeds x {'/'.join(map(str, episodes))} games)")
+        teacher_cell = "waiting"
+        if teacher:
+            mean, std, episodes = (teacher[k] for k in ("score_mean", "score_std", "score_episodes"))
+            teacher_cell = f"{mean:.3g} ± {std:.2g} std ({episodes} games)"
+        frac = f"{fraction:g}" if fraction is not None else "waiting"
+        lines.append(f"| {game} | {frac} | {cells[0]} | {cells[1]} | {teacher_cell} |")
+    if not any_row:
+        return ["Waiting: no game has been played yet (run `reproduce` with `--score-episodes N`)."]
+    return lines
+
+
+def _waiting(summary: Summary, fractions: Sequence[float], seeds: Sequence[int]) -> list[str]:
+    lines = []
+    for game in summary.games:
+        runs = [r for r in summary.students if r["game"] == game]
+        if not runs:
+            lines.append(f"- {game}: waiting, no runs yet.")
+            continue
+        have = {(r["method"], r["train_fraction"], r["seed"]) for r in runs}
+        for f in fractions:
+            for m in METHODS:
+                missing = [s for s in seeds if (m, f, s) not in have]
+                if len(missing) == len(seeds):
+                    lines.append(f"- {game}, {LABELS[m]}, fraction {f:g}: waiting (no seed yet).")
+                elif missing:
+                    seeds_text = ", ".join(map(str, missing))
+                    lines.append(f"- {game}, {LABELS[m]}, fraction {f:g}: seeds {seeds_text} waiting.")
+        if not any(r.get("score_mean") is not None for r in runs):
+            lines.append(f"- {game}: game scores waiting (`reproduce --score-episodes N`).")
+    return lines or ["Nothing: every expected cell has a row."]
+
+
+def _commands(summary: Summary, cfg: ReportConfig) -> list[str]:
+    defaults = SweepConfig()
+    lines = []
+    for game in summary.games:
+        runs = [r for r in summary.students if r["game"] == game]
+        args = ["python", "-m", "policy_distill", "reproduce", "--games", game]
+        args += ["--fractions", cfg.fractions, "--seeds", cfg.seeds, "--hparams", cfg.hparams]
+        if runs:
+            first = runs[0]
+            if first.get("teacher") not in (None, game):
+                args += ["--teacher", str(first["teacher"])]
+            if first.get("data") not in (None, defaults.data.replace("{game}", game)):
+                args += ["--data", str(first["data"])]
+            for name in ("batch_size", "eval_every", "eval_frames", "fidelity_frames"):
+                if first.get(name) not in (None, getattr(defaults, name)):
+                    args += [f"--{name.replace('_', '-')}", str(first[name])]
+            episodes = sorted({r["score_episodes"] for r in runs if r.get("score_episodes")})
+            if episodes:
+                args += ["--score-episodes", str(episodes[-1])]
+        lines.append(" ".join(shlex.quote(a) for a in args))
+    lines.append(
+        " ".join(
+            shlex.quote(a)
+            for a in [
+                "python",
+                "-m",
+                "policy_distill",
+                "report",
+                "--results",
+                cfg.results,
+                "--hparams",
+                cfg.hparams,
+            ]
+            + ["--out", cfg.out, "--fractions", cfg.fractions, "--seeds", cfg.seeds]
+            + (["--metrics", cfg.metrics] if cfg.metrics != "final" else [])
+        )
+    )
+    return lines
+
+
+def _setup(summary: Summary) -> list[str]:
+    hardware = Counter(r.get("hardware", "unknown") for r in summary.students)
+    lines = ["Hardware (runs):", ""]
+    lines += [f"- {hw}: {n}" for hw, n in sorted(hardware.items())] or ["- none yet"]
+    lines += [
+        "",
+        "Mean wall time per run (of runs that started from step 0: a resumed run's time covers only "
+        "its last part):",
+        "",
+        "| hardware | game | method | runs | mean wall time |",
+        "|---|---|---|---:|---:|",
+    ]
+    groups: dict[tuple[str, str, str], list[float]] = {}
+    for r in summary.students:
+        if not r.get("resumed_from_step"):
+            groups.setdefault((r.get("hardware", "unknown"), r["game"], r["method"]), []).append(r["wall_s"])
+    for (hw, game, method), times in sorted(groups.items()):
+        lines.append(f"| {hw} | {game} | {LABELS[method]} | {len(times)} | {np.mean(times) / 60:.1f} min |")
+    resumed = sum(1 for r in summary.students if r.get("resumed_from_step"))
+    if resumed:
+        lines += ["", f"{resumed} resumed run(s) left out of the wall times."]
+    return lines
+
+
+def write_page(summary: Summary, cfg: ReportConfig, fractions: Sequence[float], seeds: Sequence[int]) -> str:
+    """The markdown of ``README.md``."""
+    which = (
+        "after the last step"
+        if cfg.metrics == "final"
+        else "at best.pt (lowest held-out KL, chosen on the test split)"
+    )
+    teacher_rows = len(summary.teachers)
+    lines = [
+        "# Reproduction: Sobolev policy distillation (Czarnecki et al. 2017, section 4.2, Figure 4)",
+        "",
+        f"Generated by `policy_distill report` from `{cfg.results}` ({len(summary.students)} student runs, "
+        f"{teacher_rows} teacher score row(s)); do not edit by hand, run the commands below again.",
+        "",
+        "Each run distils the game's teacher into the paper's student from the first x of one "
+        "100K-frame recording (`data/<game>`) and measures it on the rest of the recording (later, "
+        "unseen episodes; the held-out part shrinks as x grows): action-prediction error is the share of "
+        "frames where the student's most likely action differs from the teacher's, KL the mean "
+        "KL(pi_student ∥ pi_teacher). KL only: alpha = 0; Sobolev: KL + "
+        "alpha times the stochastic Jacobian-projection term. Metrics are held-out values "
+        f"{which}. Intervals are 95% Student-t intervals of the mean over seeds "
+        "(mean ± t(0.975, n-1) s / sqrt(n)); a cell with one seed shows its mean without an interval.",
+        "",
+    ]
+    if summary.excluded:
+        lines += [
+            f"{summary.excluded} row(s) made with other hyperparameters than `{cfg.hparams}` are left out.",
+            "",
+        ]
+    lines += ["## Setup", "", *_setup(summary), "", "## Hyperparameters", ""]
+    lines += [
+        f"From `{cfg.hparams}`; both methods share the learning rate and steps.",
+        "",
+        "| game | learning rate | alpha (Sobolev) | steps | chosen by |",
+        "|---|---:|---:|---:|---|",
+    ]
+    for game in summary.games:
+        hp = summary.hparams.get(game)
+        if hp:
+            lines.append(f"| {game} | {hp.learning_rate:g} | {hp.alpha:g} | {hp.steps} | {hp.chosen_by} |")
+        else:
+            lines.append(f"| {game} | | | | not in `{cfg.hparams}` |")
+    lines += ["", "## Reproduce", "", "```bash", *_commands(summary, cfg), "```", ""]
+    lines += [
+        'The same through make: `make reproduce ARGS="--games pong"` and `make report`. Each '
+        "`reproduce` skips the cells already in its results table; `--games`, `--fractions`, `--seeds` "
+        "and `--methods` split the grid over machines, and `report --results a.jsonl,b.jsonl` joins "
+        "their tables.",
+        "",
+        "## Results",
+        "",
+        "![Figure 4 layout](figure4.png)",
+        "",
+        "Held-out action-prediction error (top) and KL (bottom) against the training fraction; grey "
+        "KL only, blue Sobolev; error bars 95% t-intervals over seeds, open markers single seeds, "
+        "black dots the seeds.",
+        "",
+    ]
+    for game in summary.games:
+        if summary.fractions(game):
+            lines += [f"**{game}**", "", *_metric_table(summary, game, ("action_error", "kl")), ""]
+    lines += [
+        "![gradient fidelity](gradient_fidelity.png)",
+        "",
+        "Gradient fidelity: cosine (top, 1 is perfect) and relative L2 error (bottom, 0 is perfect) "
+        "between the student's and the teacher's input-gradients of log pi over all actions, on "
+        "fixed held-out frames.",
+        "",
+    ]
+    for game in summary.games:
+        if summary.fractions(game):
+            lines += [f"**{game}**", "", *_metric_table(summary, game, ("grad_cosine", "grad_rel_l2")), ""]
+    lines += [
+        "## Game scores",
+        "",
+        "Students of the largest fraction (their best.pt) and the teacher, sampled actions, raw "
+        "(unclipped) game scores. Students: mean over seeds of each seed's mean score, with the "
+        "95% t-interval over seeds; teacher: mean ± std over its games.",
+        "",
+        *_scores_table(summary),
+        "",
+        "## Do the paper's claims hold?",
+        "",
+        "Claim tested: Sobolev-trained students reach lower held-out action-prediction error and KL "
+        "than KL-only students, with the largest advantage when little data is available. Generated "
+        "from the table above; a lower mean with overlapping intervals is not evidence of a difference.",
+        "",
+    ]
+    for game in summary.games:
+        if summary.fractions(game):
+            lines += [f"- {s}" for s in claim_sentences(summary, game)]
+    if not summary.students:
+        lines.append("Nothing to judge yet: no runs.")
+    lines += ["", "## Waiting", "", *_waiting(summary, fractions, seeds), ""]
+    return "\n".join(lines)
+
+
+def make_report(cfg: ReportConfig) -> dict[str, Any]:
+    """Write README.md, figure4.png and gradient_fidelity.png into ``cfg.out``."""
+    from policy_distill.checkpoint import atomic_write_bytes
+
+    if cfg.metrics not in ("final", "best"):
+        raise UserError(f"--metrics {cfg.metrics!r}: use final or best")
+    fractions, seeds = parse_fractions(cfg.fractions), parse_seeds(cfg.seeds)
+    paths = [p.strip() for p in cfg.results.split(",") if p.strip()]
+    missing = [p for p in paths if not Path(p).is_file()]
+    if missing or not paths:
+        raise UserError(
+            f"no results table at {', '.join(missing) or repr(cfg.results)}; run `reproduce` first"
+        )
+    hparams = load_hparams(cfg.hparams)
+    summary = Summary(latest_rows(read_rows(paths)), hparams, cfg.metrics)
+    out = Path(cfg.out)
+    games = [g for g in summary.games if summary.fractions(g)] or summary.games[:1] or ["(no runs)"]
+    atomic_write_bytes(
+        out / "figure4.png",
+        _plot(
+            summary,
+            games,
+            ("action_error", "kl"),
+            fractions,
+            f"Figure 4 layout: held-out metrics ({cfg.metrics})",
+        ),
+    )
+    atomic_write_bytes(
+        out / "gradient_fidelity.png",
+        _plot(
+            summary, games, ("grad_cosine", "grad_rel_l2"), fractions, f"Gradient fidelity ({cfg.metrics})"
+        ),
+    )
+    page = write_page(summary, cfg, fractions, seeds)
+    atomic_write_bytes(out / "README.md", page.encode())
+    verdicts = {g: claims(summary, g) for g in summary.games if summary.fractions(g)}
+    print(f"wrote {out / 'README.md'}, figure4.png, gradient_fidelity.png ({len(summary.students)} runs)")
+    return {
+        "page": str(out / "README.md"),
+        "figures": [str(out / "figure4.png"), str(out / "gradient_fidelity.png")],
+        "runs": len(summary.students),
+        "teacher_rows": len(summary.teachers),
+        "excluded_rows": summary.excluded,
+        "claims": verdicts,
+    }

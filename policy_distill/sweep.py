@@ -1,0 +1,515 @@
+"""The paper-reproduction sweep: ``policy_distill reproduce`` / ``make reproduce``.
+
+Section 4.2 / Figure 4 of Czarnecki et al. 2017: for every game x training fraction x method
+(``kl``: alpha = 0; ``sobolev``: alpha > 0) x seed, one :func:`policy_distill.distill.distill`
+run on the game's one 100K-frame recording (``data/<game>``), in
+``runs/reproduce/<game>/<method>-frac<f>-seed<s>``. Learning rate, alpha and steps come per game
+from a JSON file (``docs/reproduce/hparams.json``), each with the reason it was chosen.
+
+Every finished run appends one row to a JSON-lines results table
+(``runs/reproduce/results.jsonl``): one ``os.write`` of the whole line, then ``fsync``. Running
+the same command again reads the table and skips every cell whose key (game, method, fraction,
+seed, learning rate, alpha, steps) already has a row, so a finished run is never repeated; an
+interrupted run resumes from its ``latest.pt`` (distill's own resume). ``--games``,
+``--fractions``, ``--seeds`` and ``--methods`` cut the grid into pieces for several machines;
+``policy_distill report`` reads their tables together.
+
+With ``--score-episodes N`` the students of the largest fraction (their ``best.pt``) and, once
+per game, the teacher are played for N games (sampled actions, as ``evaluate``); the teacher's
+score is cached in the table as a row with method ``teacher``. A student row that lacks a score
+when one is asked for gets a second, complete row with the score; readers keep the last row of
+each key (:func:`latest_rows`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from policy_distill.errors import UserError
+from policy_distill.settings import game_info
+
+METHODS = ("kl", "sobolev")
+"""``kl``: KL(pi || pi*) alone (alpha = 0); ``sobolev``: KL + alpha * the Sobolev term."""
+DEFAULT_FRACTIONS = "0.01,0.05,0.1,0.3,0.5,0.8"
+DEFAULT_SEEDS = "0,1,2"
+DEFAULT_HPARAMS = "docs/reproduce/hparams.json"
+DEFAULT_RESULTS = "runs/reproduce/results.jsonl"
+METRICS = ("action_error", "kl", "grad_cosine", "grad_rel_l2")
+"""Held-out metrics of a run, stored as ``final_<name>`` (last step) and ``best_<name>`` (best.pt)."""
+KEY_FIELDS = ("game", "method", "train_fraction", "seed", "learning_rate", "alpha", "steps")
+"""A results row's identity: a cell with a row under this key is never run again."""
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """The reproduction grid; the defaults are the paper's fractions, both methods, three seeds."""
+
+    games: str = "pong"
+    """Comma-separated games (each needs an entry in --hparams)."""
+    fractions: str = DEFAULT_FRACTIONS
+    """Comma-separated training fractions: the first x of each recording trains, the rest tests."""
+    seeds: str = DEFAULT_SEEDS
+    """Comma-separated seeds of the students' initialisation, batch order and directions."""
+    methods: str = "kl,sobolev"
+    """Comma-separated methods: kl (alpha = 0) and/or sobolev (alpha from --hparams)."""
+    hparams: str = DEFAULT_HPARAMS
+    """JSON file: per game learning_rate, alpha, steps and chosen_by (why these values)."""
+    results: str = DEFAULT_RESULTS
+    """JSON-lines results table; one row per finished run, read to skip finished cells."""
+    runs_dir: str = "runs/reproduce"
+    """Root of run directories: <runs_dir>/<game>/<method>-frac<f>-seed<s>."""
+    data: str = "data/{game}"
+    """Dataset directory, {game} replaced by the game; recorded (100K frames) if missing."""
+    teacher: str = ""
+    """Teacher name or path, {game} replaced by the game; empty: each game's shipped teacher."""
+    score_episodes: int = 0
+    """Games to play with each student of the largest fraction and once with each teacher (0: none)."""
+    score_fraction: float = 0.0
+    """Fraction whose students are played (0: the largest of --fractions; give it when the
+    fractions are split over machines)."""
+    score_seed: int = 1000
+    """Evaluation seed of the games played (evaluate's default)."""
+    device: str = "auto"
+    """auto (CUDA when present), cpu or cuda."""
+    batch_size: int = 200
+    """Frames per step (the paper's 200); only tests should need another value."""
+    eval_every: int = 500
+    """Steps between held-out evaluations and checkpoints."""
+    eval_frames: int = 10_000
+    """Test frames for action error and KL (evenly spaced over the test split)."""
+    fidelity_frames: int = 128
+    """Fixed test frames for gradient fidelity."""
+
+    def game_list(self) -> list[str]:
+        names = [game_info(g).name for g in _items(self.games)]
+        if not names:
+            raise UserError("--games is empty; give e.g. --games pong")
+        return list(dict.fromkeys(names))
+
+    def fraction_list(self) -> list[float]:
+        return parse_fractions(self.fractions)
+
+    def seed_list(self) -> list[int]:
+        return parse_seeds(self.seeds)
+
+    def method_list(self) -> list[str]:
+        methods = [m.lower() for m in _items(self.methods)]
+        unknown = [m for m in methods if m not in METHODS]
+        if unknown or not methods:
+            raise UserError(f"--methods {self.methods!r}: use kl, sobolev or both (comma-separated)")
+        return [m for m in METHODS if m in methods]
+
+    def check(self) -> None:
+        """Raise UserError for settings that cannot run."""
+        self.game_list()
+        self.seed_list()
+        self.method_list()
+        fractions = self.fraction_list()
+        if self.score_episodes < 0:
+            raise UserError(f"--score-episodes must be >= 0, got {self.score_episodes}")
+        if self.score_fraction and self.score_fraction not in fractions:
+            raise UserError(
+                f"--score-fraction {self.score_fraction:g} is not one of --fractions {self.fractions}"
+            )
+
+    def scored_fraction(self) -> float:
+        return self.score_fraction or max(self.fraction_list())
+
+
+def _items(text: str) -> list[str]:
+    return [t.strip() for t in str(text).split(",") if t.strip()]
+
+
+def parse_fractions(text: str) -> list[float]:
+    """``"0.01,0.1"`` -> ascending fractions in (0, 1); UserError otherwise."""
+    try:
+        values = sorted({float(t) for t in _items(text)})
+    except ValueError:
+        raise UserError(f"--fractions must be comma-separated numbers, got {text!r}") from None
+    if not values or not all(0 < f < 1 for f in values):
+        raise UserError(f"--fractions must lie in (0, 1) (the rest of the recording tests), got {text!r}")
+    return values
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``"0,1,2"`` -> ascending non-negative seeds; UserError otherwise."""
+    try:
+        values = sorted({int(t) for t in _items(text)})
+    except ValueError:
+        raise UserError(f"--seeds must be comma-separated integers, got {text!r}") from None
+    if not values or values[0] < 0:
+        raise UserError(f"--seeds must be non-negative integers, got {text!r}")
+    return values
+
+
+@dataclass(frozen=True)
+class GameHparams:
+    """One game's entry in the hyperparameter file."""
+
+    learning_rate: float
+    """Adam step size of both methods."""
+    alpha: float
+    """Weight of the Sobolev term for the sobolev method (kl uses 0)."""
+    steps: int
+    """Optimiser steps of every run."""
+    chosen_by: str
+    """Free text: how these values were chosen."""
+
+    def alpha_for(self, method: str) -> float:
+        return self.alpha if method == "sobolev" else 0.0
+
+
+def load_hparams(path: str | Path) -> dict[str, GameHparams]:
+    """Read ``{"<game>": {"learning_rate", "alpha", "steps", "chosen_by"}, ...}``.
+
+    Keys starting with ``_`` are comments. Game names are canonicalised (``Pong`` -> ``pong``).
+
+    Raises:
+        UserError: a missing or malformed file, or an entry with a missing or invalid field.
+    """
+    path = Path(path)
+    try:
+        raw = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"hyperparameter file {path} does not exist; write it or pass --hparams") from None
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"hyperparameter file {path} is not valid JSON ({str(e).splitlines()[0]})") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"hyperparameter file {path} must hold a JSON object of games")
+    out: dict[str, GameHparams] = {}
+    for name, entry in raw.items():
+        if name.startswith("_"):
+            continue
+        game = game_info(name).name
+        where = f"{path}: {name}"
+        if not isinstance(entry, dict):
+            raise UserError(f"{where} must be an object with learning_rate, alpha, steps, chosen_by")
+        missing = [k for k in ("learning_rate", "alpha", "steps", "chosen_by") if k not in entry]
+        if missing:
+            raise UserError(f"{where} lacks {', '.join(missing)}")
+        lr, alpha, steps, chosen_by = (entry[k] for k in ("learning_rate", "alpha", "steps", "chosen_by"))
+        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < 1:
+            raise UserError(f"{where}: learning_rate must be a number in (0, 1), got {lr!r}")
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha < math.inf:
+            raise UserError(f"{where}: alpha must be a number > 0 (the kl method uses 0), got {alpha!r}")
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise UserError(f"{where}: steps must be an integer >= 1, got {steps!r}")
+        if not isinstance(chosen_by, str) or not chosen_by.strip():
+            raise UserError(f"{where}: chosen_by must say how the values were chosen")
+        out[game] = GameHparams(float(lr), float(alpha), steps, " ".join(chosen_by.split()))
+    return out
+
+
+def hparams_for(hparams: dict[str, GameHparams], game: str, path: str | Path) -> GameHparams:
+    if game not in hparams:
+        raise UserError(
+            f"{path} has no entry for {game}; add "
+            f'"{game}": {{"learning_rate": ..., "alpha": ..., "steps": ..., "chosen_by": "..."}}'
+        )
+    return hparams[game]
+
+
+# --- The results table -----------------------------------------------------------------------
+
+
+def row_key(row: dict[str, Any]) -> tuple[Any, ...]:
+    """The identity of a results row (teacher rows: game, method ``teacher``, teacher hash)."""
+    if row.get("method") == "teacher":
+        return (row.get("game"), "teacher", row.get("teacher_sha256"))
+    return tuple(row.get(k) for k in KEY_FIELDS)
+
+
+def append_row(path: str | Path, row: dict[str, Any]) -> None:
+    """Append one JSON line with a single ``write``, then flush it to disk (``fsync``).
+
+    With ``O_APPEND`` each line lands whole at the end; a line cut short by a crash (no newline)
+    is closed off first so that it cannot swallow this one, and readers skip it.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    line = json.dumps(row, sort_keys=True, allow_nan=True) + "\n"
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        size = os.fstat(fd).st_size
+        if size:
+            with open(path, "rb") as f:
+                f.seek(size - 1)
+                if f.read(1) != b"\n":
+                    line = "\n" + line
+        data = line.encode()
+        written = os.write(fd, data)
+        if written != len(data):  # a regular file takes the whole write unless the disk is full
+            raise OSError(f"short write to {path} ({written} of {len(data)} bytes); is the disk full?")
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_rows(paths: str | Path | Sequence[str | Path]) -> list[dict[str, Any]]:
+    """All rows of one or more results tables, in file order; unreadable lines are skipped with
+    a warning (a line cut short by a crash), a missing file counts as empty."""
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
+    rows: list[dict[str, Any]] = []
+    for path in paths:
+        path = Path(path)
+        if not path.is_file():
+            continue
+        for number, line in enumerate(path.read_text(errors="replace").splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                print(f"warning: {path}:{number} is not a JSON row (cut short?); ignored", file=sys.stderr)
+                continue
+            if isinstance(row, dict):
+                rows.append(row)
+    return rows
+
+
+def latest_rows(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per key, the last one written (a re-scored run's second row replaces its first)."""
+    by_key: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for row in rows:
+        by_key.pop(row_key(row), None)  # keep the order of the latest write
+        by_key[row_key(row)] = row
+    return list(by_key.values())
+
+
+# --- The sweep -------------------------------------------------------------------------------
+
+
+def _cell_key(game: str, method: str, fraction: float, seed: int, hp: GameHparams) -> tuple[Any, ...]:
+    return (game, method, fraction, seed, hp.learning_rate, hp.alpha_for(method), hp.steps)
+
+
+def _teacher_ref(cfg: SweepConfig, game: str) -> str:
+    return cfg.teacher.replace("{game}", game) if cfg.teacher else game
+
+
+def _play(policy: Any, settings: Any, cfg: SweepConfig) -> dict[str, Any]:
+    from policy_distill.devices import pick_device
+    from policy_distill.evaluation import evaluate_policy
+
+    scores = evaluate_policy(
+        policy, settings, cfg.score_episodes, seed=cfg.score_seed, device=pick_device(cfg.device)
+    )
+    return {
+        "score_mean": scores.mean,
+        "score_std": scores.std,
+        "score_episodes": len(scores.scores),
+        "score_seed": cfg.score_seed,
+        "score_greedy": False,
+        "score_human_normalized": scores.human_normalized,
+    }
+
+
+def _score_student(row: dict[str, Any], cfg: SweepConfig) -> dict[str, Any]:
+    from policy_distill.devices import pick_device
+    from policy_distill.student import load_student
+
+    student = load_student(row["best_checkpoint"], device=pick_device(cfg.device))
+    return _play(student, student.settings, cfg)
+
+
+def _best_record(path: str | Path) -> dict[str, Any]:
+    from policy_distill.checkpoint import require_format, safe_torch_load
+    from policy_distill.student import STUDENT_FORMAT
+
+    return require_format(
+        safe_torch_load(path, what="student checkpoint"), STUDENT_FORMAT, path, what="student checkpoint"
+    )
+
+
+def _resume_step(run_dir: Path) -> int:
+    """The step a run would resume from (0 for a fresh run)."""
+    latest = run_dir / "latest.pt"
+    if not latest.is_file():
+        return 0
+    try:
+        return int(_best_record(latest)["step"])
+    except (UserError, KeyError, TypeError, ValueError):
+        return 0  # distill() itself reports a broken latest.pt
+
+
+def _log(message: str) -> None:
+    print(message, flush=True)
+
+
+def reproduce(cfg: SweepConfig) -> dict[str, Any]:
+    """Run (or resume) the grid, appending a row per finished run to the results table.
+
+    Returns:
+        Counts of cells run and skipped, students and teachers scored, the results table's path.
+    """
+    from policy_distill.checkpoint import hardware_description
+
+    cfg.check()
+    games, fractions, seeds, methods = (
+        cfg.game_list(),
+        cfg.fraction_list(),
+        cfg.seed_list(),
+        cfg.method_list(),
+    )
+    hparams = load_hparams(cfg.hparams)
+    chosen = {game: hparams_for(hparams, game, cfg.hparams) for game in games}  # all errors before any run
+    results = Path(cfg.results)
+    done = {row_key(r): r for r in latest_rows(read_rows(results))}
+    scored_fraction = cfg.scored_fraction()
+    hardware = hardware_description()
+    total = len(games) * len(fractions) * len(methods) * len(seeds)
+    counts = {"ran": 0, "skipped": 0, "scored": 0, "teachers_scored": 0}
+    index = 0
+    for game in games:
+        hp = chosen[game]
+        _check_provenance(cfg, game, done.values())
+        for fraction in fractions:
+            for method in methods:
+                for seed in seeds:
+                    index += 1
+                    key = _cell_key(game, method, fraction, seed, hp)
+                    label = f"[{index}/{total}] {game} {method} frac {fraction:g} seed {seed}"
+                    want_score = cfg.score_episodes > 0 and fraction == scored_fraction
+                    row = done.get(key)
+                    if row is None:
+                        row = _run_cell(cfg, key, label, hardware)
+                        counts["ran"] += 1
+                    else:
+                        counts["skipped"] += 1
+                        if not (want_score and "score_mean" not in row):
+                            _log(f"{label}: skipped (finished, in {results})")
+                            continue
+                        _log(f"{label}: finished (in {results}); playing {cfg.score_episodes} games")
+                    if want_score and "score_mean" not in row:
+                        row = {**row, **_score_student(row, cfg)}
+                        counts["scored"] += 1
+                    append_row(results, row)
+                    done[key] = row
+                    _log(
+                        f"{label}: done: final err {row['final_action_error']:.4f} kl {row['final_kl']:.4f} "
+                        f"cos {row['final_grad_cosine']:.3f} ({row['wall_s']:.0f} s)"
+                        + (
+                            f", score {row['score_mean']:.2f} +- {row['score_std']:.2f}"
+                            if "score_mean" in row
+                            else ""
+                        )
+                    )
+        if cfg.score_episodes > 0:
+            counts["teachers_scored"] += _score_teacher(cfg, game, done, results, hardware)
+    return {"results": str(results), "cells": total, **counts}
+
+
+def _check_provenance(cfg: SweepConfig, game: str, rows: Iterable[dict[str, Any]]) -> None:
+    """Refuse to mix runs of another teacher or dataset into the results of this game."""
+    from agents.loading import load_teacher
+
+    teacher = load_teacher(_teacher_ref(cfg, game), game=game)
+    meta_path = Path(cfg.data.replace("{game}", game)) / "meta.json"
+    dataset_sha = json.loads(meta_path.read_text()).get("content_sha256") if meta_path.is_file() else None
+    for row in rows:
+        if row.get("game") != game or row.get("method") == "teacher":
+            continue
+        if row.get("teacher_sha256") != teacher.source.sha256:
+            what = f"teacher {teacher.source.name} (sha256 {teacher.source.sha256[:12]})"
+        elif dataset_sha and row.get("dataset_sha256") != dataset_sha:
+            what = f"dataset {meta_path.parent} (sha256 {dataset_sha[:12]})"
+        else:
+            continue
+        raise UserError(
+            f"{cfg.results} holds {game} runs made with another teacher or dataset than {what}; "
+            "pass a new --results and --runs-dir for these"
+        )
+
+
+def _run_cell(cfg: SweepConfig, key: tuple[Any, ...], label: str, hardware: str) -> dict[str, Any]:
+    """One distill() run of a cell; returns its results row (not yet written)."""
+    from policy_distill.distill import DistillConfig, distill
+
+    cell = dict(zip(KEY_FIELDS, key))
+    game, method, fraction, seed = cell["game"], cell["method"], cell["train_fraction"], cell["seed"]
+    run_cfg = DistillConfig(
+        game=game,
+        teacher=_teacher_ref(cfg, game) if cfg.teacher else "",
+        data=cfg.data.replace("{game}", game),
+        train_fraction=fraction,
+        steps=cell["steps"],
+        batch_size=cfg.batch_size,
+        learning_rate=cell["learning_rate"],
+        alpha=cell["alpha"],
+        eval_every=cfg.eval_every,
+        eval_frames=cfg.eval_frames,
+        fidelity_frames=cfg.fidelity_frames,
+        seed=seed,
+        device=cfg.device,
+        runs_dir=cfg.runs_dir,
+        run=f"{method}-frac{fraction:g}-seed{seed}",
+    )
+    resumed_from = _resume_step(run_cfg.run_dir)
+    _log(
+        f"{label}: running in {run_cfg.run_dir} (lr {run_cfg.learning_rate:g}, alpha {run_cfg.alpha:g}, "
+        f"{run_cfg.steps} steps" + (f", resuming from step {resumed_from})" if resumed_from else ")")
+    )
+    started = time.perf_counter()
+    result = distill(run_cfg)
+    seconds = time.perf_counter() - started
+    best = _best_record(result["best_checkpoint"])
+    return {
+        **cell,
+        **{f"final_{m}": result[f"test_{m}"] for m in METRICS},
+        **{f"best_{m}": best["metrics"][m] for m in METRICS},
+        "best_step": best["step"],
+        "wall_s": seconds,
+        "resumed_from_step": resumed_from,
+        "hardware": hardware,
+        "device": cfg.device,
+        "run_dir": result["run_dir"],
+        "best_checkpoint": result["best_checkpoint"],
+        "teacher": run_cfg.teacher or game,
+        "teacher_sha256": best["teacher"]["sha256"],
+        "data": run_cfg.data,
+        "dataset_sha256": best["dataset"].get("content_sha256"),
+        "train_frames": best["dataset"]["train_frames"],
+        "test_frames": best["dataset"]["test_frames"],
+        "batch_size": cfg.batch_size,
+        "eval_every": cfg.eval_every,
+        "eval_frames": cfg.eval_frames,
+        "fidelity_frames": cfg.fidelity_frames,
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def _score_teacher(
+    cfg: SweepConfig, game: str, done: dict[tuple[Any, ...], dict[str, Any]], results: Path, hardware: str
+) -> int:
+    """Play the game's teacher once and cache its score as a ``teacher`` row; 1 if played."""
+    from agents.loading import load_teacher
+    from policy_distill.devices import pick_device
+
+    teacher = load_teacher(_teacher_ref(cfg, game), game=game, device=pick_device(cfg.device))
+    row = {"game": game, "method": "teacher", "teacher_sha256": teacher.source.sha256}
+    if row_key(row) in done:
+        _log(f"{game} teacher {teacher.source.name}: score cached in {results}")
+        return 0
+    _log(f"{game} teacher {teacher.source.name}: playing {cfg.score_episodes} games")
+    started = time.perf_counter()
+    row.update(
+        teacher=teacher.source.name,
+        teacher_path=teacher.source.path,
+        **_play(teacher, teacher.settings, cfg),
+        wall_s=time.perf_counter() - started,
+        hardware=hardware,
+        finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    )
+    append_row(results, row)
+    done[row_key(row)] = row
+    _log(f"{game} teacher: score {row['score_mean']:.2f} +- {row['score_std']:.2f}")
+    return 1

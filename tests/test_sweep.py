@@ -1,0 +1,369 @@
+"""The reproduction sweep (resumable results table) and its report, on a tiny teacher and dataset."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import policy_distill.distill as distill_module
+from agents.loading import load_teacher
+from policy_distill.checkpoint import hardware_description
+from policy_distill.collect import CollectConfig, collect
+from policy_distill.errors import UserError
+from policy_distill.report import (
+    ReportConfig,
+    Summary,
+    claim_sentences,
+    interval,
+    make_report,
+    t_quantile_975,
+)
+from policy_distill.settings import EnvSettings
+from policy_distill.sweep import SweepConfig, append_row, latest_rows, load_hparams, read_rows, reproduce
+
+SHORT = EnvSettings("pong", max_episode_frames=240)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):  # noqa: ANN001, ANN201
+    """A random teacher and 400 frames it recorded (several short episodes)."""
+    from agents.networks import TeacherNet
+    from agents.teacher_file import teacher_record
+    from policy_distill.checkpoint import atomic_torch_save
+
+    root = tmp_path_factory.mktemp("tiny")
+    torch.manual_seed(0)
+    atomic_torch_save(teacher_record(TeacherNet(6).state_dict(), SHORT, {}), root / "teacher.pt")
+    collect(
+        load_teacher(root / "teacher.pt"),
+        CollectConfig(frames=400, num_envs=4, batch_size=2),
+        root / "data",
+        progress=False,
+    )
+    return root
+
+
+def write_hparams(path: Path, **games: dict) -> Path:  # noqa: ANN003
+    entries = games or {"pong": {"learning_rate": 1e-3, "alpha": 0.5, "steps": 2, "chosen_by": "a test"}}
+    path.write_text(json.dumps({"_comment": "test", **entries}))
+    return path
+
+
+def sweep_config(tiny: Path, out: Path, **overrides) -> SweepConfig:  # noqa: ANN003
+    base = dict(
+        games="pong",
+        fractions="0.3,0.6",
+        seeds="0",
+        hparams=str(out / "hparams.json"),
+        results=str(out / "results.jsonl"),
+        runs_dir=str(out / "runs"),
+        data=str(tiny / "data"),
+        teacher=str(tiny / "teacher.pt"),
+        device="cpu",
+        batch_size=16,
+        eval_every=2,
+        eval_frames=64,
+        fidelity_frames=4,
+    )
+    base.update(overrides)
+    return SweepConfig(**base)
+
+
+def lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_sweep_writes_a_row_per_run_and_never_repeats_one(tiny, tmp_path, monkeypatch, capsys) -> None:  # noqa: ANN001
+    write_hparams(tmp_path / "hparams.json")
+    cfg = sweep_config(tiny, tmp_path)
+    first = reproduce(cfg)
+    assert (first["ran"], first["skipped"]) == (4, 0)
+    rows = lines(tmp_path / "results.jsonl")
+    assert len(rows) == 4
+    assert {(r["method"], r["train_fraction"], r["alpha"]) for r in rows} == {
+        ("kl", 0.3, 0.0),
+        ("kl", 0.6, 0.0),
+        ("sobolev", 0.3, 0.5),
+        ("sobolev", 0.6, 0.5),
+    }
+    for r in rows:
+        assert (r["game"], r["seed"], r["learning_rate"], r["steps"]) == ("pong", 0, 1e-3, 2)
+        assert (
+            Path(r["run_dir"])
+            == tmp_path / "runs" / "pong" / f"{r['method']}-frac{r['train_fraction']:g}-seed0"
+        )
+        latest = torch.load(Path(r["run_dir"]) / "latest.pt", weights_only=True)
+        best = torch.load(r["best_checkpoint"], weights_only=True)
+        assert (
+            r["final_kl"] == latest["metrics"]["kl"]
+            and r["final_action_error"] == latest["metrics"]["action_error"]
+        )
+        assert r["best_kl"] == best["metrics"]["kl"] == min(h["metrics"]["kl"] for h in latest["history"])
+        assert r["best_grad_cosine"] == best["metrics"]["grad_cosine"] and "grad_rel_l2" in best["metrics"]
+        assert r["wall_s"] > 0 and r["resumed_from_step"] == 0 and r["hardware"] == hardware_description()
+        assert "score_mean" not in r
+    assert "running" in capsys.readouterr().out
+
+    calls = {"distill": 0}
+
+    def counting(cfg):  # noqa: ANN001, ANN202
+        calls["distill"] += 1
+        raise AssertionError("a finished run was run again")
+
+    monkeypatch.setattr(distill_module, "distill", counting)
+    again = reproduce(cfg)
+    assert calls["distill"] == 0 and (again["ran"], again["skipped"]) == (0, 4)
+    assert len(lines(tmp_path / "results.jsonl")) == 4
+    assert capsys.readouterr().out.count("skipped") == 4
+
+    # Asking for scores later plays the largest fraction's students (one new row each) and the teacher.
+    scored = reproduce(dataclass_replace(cfg, score_episodes=1))
+    assert calls["distill"] == 0 and (scored["scored"], scored["teachers_scored"]) == (2, 1)
+    rows = lines(tmp_path / "results.jsonl")
+    assert len(rows) == 7
+    latest = latest_rows(rows)
+    assert len(latest) == 5
+    assert {r["train_fraction"] for r in latest if "score_mean" in r and r["method"] != "teacher"} == {0.6}
+    teacher = [r for r in latest if r["method"] == "teacher"]
+    assert len(teacher) == 1 and teacher[0]["score_episodes"] == 1
+    assert float(teacher[0]["score_mean"]).is_integer() and -21 <= teacher[0]["score_mean"] <= 21
+    reproduce(dataclass_replace(cfg, score_episodes=1))  # all scored and the teacher cached
+    assert len(lines(tmp_path / "results.jsonl")) == 7
+
+    # Another step budget is another cell: it resumes its run directory from latest.pt.
+    monkeypatch.undo()
+    write_hparams(
+        tmp_path / "hparams.json",
+        pong={"learning_rate": 1e-3, "alpha": 0.5, "steps": 4, "chosen_by": "longer"},
+    )
+    longer = reproduce(dataclass_replace(cfg, fractions="0.3", methods="kl"))
+    assert (longer["ran"], longer["skipped"]) == (1, 0)
+    row = lines(tmp_path / "results.jsonl")[-1]
+    assert (row["steps"], row["resumed_from_step"], row["method"], row["train_fraction"]) == (4, 2, "kl", 0.3)
+    assert torch.load(Path(row["run_dir"]) / "latest.pt", weights_only=True)["step"] == 4
+
+
+def dataclass_replace(cfg: SweepConfig, **changes) -> SweepConfig:  # noqa: ANN003
+    import dataclasses
+
+    return dataclasses.replace(cfg, **changes)
+
+
+def test_missing_game_in_hparams_is_a_one_line_error(tiny, tmp_path) -> None:  # noqa: ANN001
+    path = write_hparams(
+        tmp_path / "hparams.json", breakout={"learning_rate": 1e-3, "alpha": 1, "steps": 2, "chosen_by": "x"}
+    )
+    with pytest.raises(UserError, match=r"hparams\.json has no entry for pong") as info:
+        reproduce(sweep_config(tiny, tmp_path))
+    assert "\n" not in str(info.value) and not (tmp_path / "results.jsonl").exists()
+    result = subprocess.run(
+        [sys.executable, "-m", "policy_distill", "reproduce", "--games", "pong", "--hparams", str(path)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert result.returncode == 2
+    errors = result.stderr.strip().splitlines()
+    assert len(errors) == 1 and errors[0].startswith(f"error: {path} has no entry for pong; add")
+
+
+@pytest.mark.parametrize(
+    ("entry", "expected"),
+    [
+        ({"learning_rate": 1e-3, "alpha": 1, "steps": 2}, "lacks chosen_by"),
+        ({"learning_rate": 2, "alpha": 1, "steps": 2, "chosen_by": "x"}, "learning_rate must be"),
+        ({"learning_rate": 1e-3, "alpha": 0, "steps": 2, "chosen_by": "x"}, "alpha must be a number > 0"),
+        ({"learning_rate": 1e-3, "alpha": 1, "steps": 2.5, "chosen_by": "x"}, "steps must be an integer"),
+    ],
+)
+def test_bad_hparams_entries_are_refused(tmp_path, entry: dict, expected: str) -> None:  # noqa: ANN001
+    path = write_hparams(tmp_path / "h.json", pong=entry)
+    with pytest.raises(UserError, match=expected):
+        load_hparams(path)
+    assert load_hparams(write_hparams(tmp_path / "ok.json"))["pong"].chosen_by == "a test"
+
+
+def test_rows_of_another_teacher_are_not_mixed_in(tiny, tmp_path) -> None:  # noqa: ANN001
+    write_hparams(tmp_path / "hparams.json")
+    append_row(tmp_path / "results.jsonl", {"game": "pong", "method": "kl", "teacher_sha256": "0" * 64})
+    with pytest.raises(UserError, match="another teacher or dataset"):
+        reproduce(sweep_config(tiny, tmp_path))
+
+
+def test_a_line_cut_short_neither_breaks_reading_nor_swallows_the_next_row(tmp_path, capsys) -> None:  # noqa: ANN001
+    path = tmp_path / "r.jsonl"
+    append_row(path, {"game": "pong", "n": 1})
+    with open(path, "a") as f:
+        f.write('{"game": "pong", "n"')  # a crash mid-line
+    append_row(path, {"game": "pong", "n": 3})
+    assert [r["n"] for r in read_rows(path)] == [1, 3]
+    assert "r.jsonl:2 is not a JSON row" in capsys.readouterr().err
+
+
+# --- The report -----------------------------------------------------------------------------
+
+
+def t_quantile_numerically(df: int) -> float:
+    """t(0.975, df) by bisection on the CDF, integrating the density with the trapezoid rule."""
+    log_c = math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
+
+    def cdf(q: float) -> float:
+        t = np.linspace(0.0, q, 400_001)
+        pdf = np.exp(log_c - (df + 1) / 2 * np.log1p(t**2 / df))
+        return 0.5 + float(np.sum((pdf[1:] + pdf[:-1]) / 2) * (t[1] - t[0]))
+
+    lo, hi = 1.0, 20.0
+    for _ in range(50):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if cdf(mid) < 0.975 else (lo, mid)
+    return (lo + hi) / 2
+
+
+@pytest.mark.parametrize("df", [1, 2, 3, 5, 10, 30, 31, 60])
+def test_t_quantiles_agree_with_numerical_integration(df: int) -> None:
+    assert t_quantile_975(df) == pytest.approx(t_quantile_numerically(df), abs=2e-4)
+
+
+def test_interval_is_mean_plus_minus_t_times_standard_error() -> None:
+    iv = interval([0.1, 0.2, 0.3])  # mean 0.2, sample std 0.1, t(0.975, 2) = 4.3027
+    assert iv.n == 3 and iv.mean == pytest.approx(0.2)
+    assert iv.half_width == pytest.approx(4.3027 * 0.1 / math.sqrt(3), rel=1e-9)
+    single = interval([0.7])
+    assert single.half_width is None and single.mean == 0.7
+
+
+def synthetic_rows(sobolev_shift: float) -> list[dict]:
+    """Pong: 2 fractions x 2 methods x 3 seeds, Sobolev = KL-only + shift on action error and KL;
+    breakout: one seed at one fraction; a teacher row; one row with other hyperparameters."""
+    rows = []
+    kl_error = {0.1: [0.3, 0.4, 0.5], 0.5: [0.2, 0.2, 0.2]}
+    for fraction, errors in kl_error.items():
+        for seed, err in enumerate(errors):
+            for method, shift, alpha in (("kl", 0.0, 0.0), ("sobolev", sobolev_shift, 1.0)):
+                rows.append(
+                    {
+                        "game": "pong",
+                        "method": method,
+                        "train_fraction": fraction,
+                        "seed": seed,
+                        "learning_rate": 5e-4,
+                        "alpha": alpha,
+                        "steps": 3000,
+                        **{f"{w}_action_error": err + shift for w in ("final", "best")},
+                        **{f"{w}_kl": err / 10 + shift / 10 for w in ("final", "best")},
+                        **{f"{w}_grad_cosine": 0.5 - shift for w in ("final", "best")},
+                        **{f"{w}_grad_rel_l2": 0.9 + shift for w in ("final", "best")},
+                        "wall_s": 60.0 * (2 if method == "sobolev" else 1),
+                        "resumed_from_step": 0,
+                        "hardware": "CPU only, 2 cores (test)",
+                        "teacher": "pong",
+                        "teacher_sha256": "a" * 64,
+                        "data": "data/pong",
+                        "batch_size": 200,
+                        "eval_every": 500,
+                        "eval_frames": 10_000,
+                        "fidelity_frames": 128,
+                        **(
+                            {"score_mean": 5.0 + seed, "score_std": 1.0, "score_episodes": 10}
+                            if fraction == 0.5
+                            else {}
+                        ),
+                    }
+                )
+    rows.append(dict(rows[0], learning_rate=1e-4))  # another hyperparameter set: left out
+    breakout = dict(rows[0], game="breakout", learning_rate=1e-3, steps=100, final_action_error=0.7)
+    rows += [breakout, dict(breakout, method="sobolev", alpha=2.0, final_action_error=0.6)]
+    rows.append(
+        {"game": "pong", "method": "teacher", "teacher_sha256": "a" * 64, "score_mean": 9.5, "score_std": 6.9,
+         "score_episodes": 20}
+    )  # fmt: skip
+    return rows
+
+
+def write_report(tmp_path: Path, sobolev_shift: float) -> tuple[dict, str, Summary]:
+    results = tmp_path / "results.jsonl"
+    for row in synthetic_rows(sobolev_shift):
+        append_row(results, row)
+    hparams = write_hparams(
+        tmp_path / "hparams.json",
+        pong={"learning_rate": 5e-4, "alpha": 1.0, "steps": 3000, "chosen_by": "grid over 1e-4..1e-3"},
+        breakout={"learning_rate": 1e-3, "alpha": 2.0, "steps": 100, "chosen_by": "guess"},
+        space_invaders={"learning_rate": 1e-3, "alpha": 2.0, "steps": 100, "chosen_by": "guess"},
+    )
+    cfg = ReportConfig(
+        results=str(results), hparams=str(hparams), out=str(tmp_path / "docs"), fractions="0.1,0.5,0.8"
+    )
+    result = make_report(cfg)
+    summary = Summary(latest_rows(read_rows(results)), load_hparams(hparams), "final")
+    return result, (tmp_path / "docs" / "README.md").read_text(), summary
+
+
+def test_report_writes_page_and_figures_with_intervals(tmp_path) -> None:  # noqa: ANN001
+    result, page, summary = write_report(tmp_path, sobolev_shift=-0.2)
+    for name in ("figure4.png", "gradient_fidelity.png"):
+        data = (tmp_path / "docs" / name).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5_000
+    assert result["runs"] == 14 and result["excluded_rows"] == 1 and result["teacher_rows"] == 1
+    sob = summary.cell("pong", "sobolev", 0.1, "action_error")  # 0.1, 0.2, 0.3
+    assert sob.n == 3 and sob.mean == pytest.approx(0.2)
+    assert sob.half_width == pytest.approx(4.3027 * 0.1 / math.sqrt(3))
+    assert "0.2 ± 0.25" in page and "0.4 ± 0.25" in page
+    flat = summary.cell("pong", "kl", 0.5, "action_error")
+    assert flat.half_width == pytest.approx(0.0, abs=1e-12)
+    assert "0.7 (1 seed)" in page  # breakout's single seed: a mean without an interval
+    assert "have a single seed, so no interval is compared" in page
+    assert "- space_invaders: waiting, no runs yet." in page
+    assert "pong, Sobolev, fraction 0.8: waiting (no seed yet)" in page
+    assert "breakout, KL only, fraction 0.1: seeds 1, 2 waiting" in page
+    assert "grid over 1e-4..1e-3" in page and "CPU only, 2 cores (test)" in page
+    assert "| CPU only, 2 cores (test) | pong | Sobolev | 6 | 2.0 min |" in page
+    assert "9.5 ± 6.9 std (20 games)" in page  # the teacher's score
+    assert "6 ± 2.5 (3 seeds x 10 games)" in page  # students' scores 5, 6, 7 over seeds
+    assert "python -m policy_distill reproduce --games pong --fractions 0.1,0.5,0.8" in page
+
+
+def test_claim_sentences_follow_the_numbers(tmp_path) -> None:  # noqa: ANN001
+    _, page, summary = write_report(tmp_path / "lower", sobolev_shift=-0.1)
+    sentences = " ".join(claim_sentences(summary, "pong"))
+    expected = (
+        "action-prediction error: Sobolev's mean is lower than KL-only's at 2 of 2 fractions (0.1, 0.5)"
+    )
+    assert expected in sentences
+    # KL-only 0.4 vs Sobolev 0.3 at 0.1 (+25%); 0.2 vs 0.1 at 0.5 (+50%): the gap is not wider at 0.1.
+    assert "+25.0% at the smallest fraction (0.1) and +50.0% at the largest (0.5)" in sentences
+    assert "partly consistent" in sentences
+    assert all(f"- {s}" in page for s in claim_sentences(summary, "pong"))
+
+    _, page, summary = write_report(tmp_path / "higher", sobolev_shift=+0.1)
+    sentences = " ".join(claim_sentences(summary, "pong"))
+    assert "Sobolev's mean is lower than KL-only's at 0 of 2 fractions (none)" in sentences
+    assert "-25.0% at the smallest fraction" in sentences and "not consistent with the paper" in sentences
+    assert "lower than KL-only's at 2 of 2" not in page
+
+
+def test_report_cli_prints_json_and_needs_a_table(tmp_path) -> None:  # noqa: ANN001
+    write_report(tmp_path, sobolev_shift=-0.2)
+    args = [sys.executable, "-m", "policy_distill", "report", "--hparams", str(tmp_path / "hparams.json")]
+    ok = subprocess.run(
+        [*args, "--results", str(tmp_path / "results.jsonl"), "--out", str(tmp_path / "cli"), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads(ok.stdout.strip().splitlines()[-1])["runs"] == 14
+    assert (tmp_path / "cli" / "README.md").is_file()
+    missing = subprocess.run(
+        [*args, "--results", str(tmp_path / "none.jsonl")], capture_output=True, text=True
+    )
+    assert (
+        missing.returncode == 2 and missing.stderr.count("\n") == 1 and "no results table" in missing.stderr
+    )
