@@ -347,8 +347,16 @@ def _plot(
         handles, labels = ax.get_legend_handles_labels()
     fig.suptitle(title, fontsize=9)
     if handles:
-        fig.legend(handles, labels, loc="upper right", ncol=2, frameon=False, fontsize=8)
-    fig.tight_layout(rect=(0, 0, 1, 0.95))
+        fig.legend(
+            handles,
+            labels,
+            loc="upper center",
+            bbox_to_anchor=(0.5, 0.955),
+            ncol=2,
+            frameon=False,
+            fontsize=8,
+        )
+    fig.tight_layout(rect=(0, 0, 1, 0.92))
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
