@@ -164,6 +164,18 @@ def _check_positive(**values: int) -> None:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
 
 
+def _config_command(
+    sub: Any, name: str, help: str, config_cls: type, func: Callable[[argparse.Namespace], dict[str, Any]]
+) -> None:
+    """A subcommand whose options are exactly a config dataclass's fields, plus ``--json``."""
+    from policy_distill.config_args import add_config_arguments
+
+    p = sub.add_parser(name, help=help)
+    add_config_arguments(p, config_cls)
+    p.add_argument("--json", action="store_true", help="print the result as JSON on the last line")
+    p.set_defaults(func=func)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from agents.ppo import PPOConfig
     from policy_distill.collect import CollectConfig
@@ -214,10 +226,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the result as JSON on the last line")
     p.set_defaults(func=cmd_collect)
 
-    p = sub.add_parser("distill", help="distil a student from a teacher's recorded play")
-    add_config_arguments(p, DistillConfig)
-    p.add_argument("--json", action="store_true", help="print the result as JSON on the last line")
-    p.set_defaults(func=cmd_distill)
+    _config_command(
+        sub, "distill", "distil a student from a teacher's recorded play", DistillConfig, cmd_distill
+    )
 
     p = sub.add_parser("evaluate", help="play a student checkpoint (and its teacher) and print raw scores")
     p.add_argument("--checkpoint", required=True, help="student checkpoint (runs/<game>/<run>/best.pt)")
@@ -234,18 +245,20 @@ def build_parser() -> argparse.ArgumentParser:
     from policy_distill.report import ReportConfig
     from policy_distill.sweep import SweepConfig
 
-    p = sub.add_parser(
+    _config_command(
+        sub,
         "reproduce",
-        help="the paper's Figure 4 sweep: games x fractions x {kl, sobolev} x seeds, resumable",
+        "the paper's Figure 4 sweep: games x fractions x {kl, sobolev} x seeds, resumable",
+        SweepConfig,
+        cmd_reproduce,
     )
-    add_config_arguments(p, SweepConfig)
-    p.add_argument("--json", action="store_true", help="print the result as JSON on the last line")
-    p.set_defaults(func=cmd_reproduce)
-
-    p = sub.add_parser("report", help="write docs/reproduce/README.md and figures from reproduce's results")
-    add_config_arguments(p, ReportConfig)
-    p.add_argument("--json", action="store_true", help="print the result as JSON on the last line")
-    p.set_defaults(func=cmd_report)
+    _config_command(
+        sub,
+        "report",
+        "write docs/reproduce/README.md and figures from reproduce's results",
+        ReportConfig,
+        cmd_report,
+    )
 
     from policy_distill.regression.benchmark import register as register_regression
 

@@ -550,27 +550,28 @@ def write_page(summary: Summary, cfg: ReportConfig, fractions: Sequence[float], 
         "",
         "## Results",
         "",
-        "![Figure 4 layout](figure4.png)",
-        "",
-        "Held-out action-prediction error (top) and KL (bottom) against the training fraction; grey "
-        "KL only, blue Sobolev; error bars 95% t-intervals over seeds, open markers single seeds, "
-        "black dots the seeds.",
-        "",
     ]
-    for game in summary.games:
-        if summary.fractions(game):
-            lines += [f"**{game}**", "", *_metric_table(summary, game, ("action_error", "kl")), ""]
-    lines += [
-        "![gradient fidelity](gradient_fidelity.png)",
-        "",
-        "Gradient fidelity: cosine (top, 1 is perfect) and relative L2 error (bottom, 0 is perfect) "
-        "between the student's and the teacher's input-gradients of log pi over all actions, on "
-        "fixed held-out frames.",
-        "",
-    ]
-    for game in summary.games:
-        if summary.fractions(game):
-            lines += [f"**{game}**", "", *_metric_table(summary, game, ("grad_cosine", "grad_rel_l2")), ""]
+    figures = (
+        (
+            "![Figure 4 layout](figure4.png)",
+            "Held-out action-prediction error (top) and KL (bottom) against the training fraction; grey "
+            "KL only, blue Sobolev; error bars 95% t-intervals over seeds, open markers single seeds, "
+            "black dots the seeds.",
+            ("action_error", "kl"),
+        ),
+        (
+            "![gradient fidelity](gradient_fidelity.png)",
+            "Gradient fidelity: cosine (top, 1 is perfect) and relative L2 error (bottom, 0 is perfect) "
+            "between the student's and the teacher's input-gradients of log pi over all actions, on "
+            "fixed held-out frames.",
+            ("grad_cosine", "grad_rel_l2"),
+        ),
+    )
+    for image, caption, metrics in figures:
+        lines += [image, "", caption, ""]
+        for game in summary.games:
+            if summary.fractions(game):
+                lines += [f"**{game}**", "", *_metric_table(summary, game, metrics), ""]
     lines += [
         "## Game scores",
         "",
