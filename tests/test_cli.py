@@ -39,6 +39,19 @@ def test_bad_input_is_one_line_error(tmp_path, args: list[str], expected: str) -
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize(
+    ("args", "hint"),
+    [
+        (["frobnicate"], "see `python -m policy_distill --help`"),
+        (["report", "--bogus"], "see `python -m policy_distill --help`"),
+        (["report", "--metrics"], "see `python -m policy_distill report --help`"),
+    ],
+)
+def test_error_points_at_the_right_help(args: list[str], hint: str) -> None:
+    result = run_cli(*args)
+    assert result.returncode == 2 and result.stderr.strip().endswith(hint), result.stderr
+
+
 def test_help_lists_every_command() -> None:
     result = run_cli("--help")
     assert result.returncode == 0
