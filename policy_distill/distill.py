@@ -79,9 +79,10 @@ class DistillConfig:
     """student_teacher = KL(pi || pi*) (the paper's) or teacher_student."""
     temperature: float = 1.0
     """Softens both policies before the KL (1 = none)."""
-    teacher_bf16: bool = False
-    """Compute the teacher's Sobolev targets under bf16 autocast: ~1.8x faster teacher VJPs on
-    AVX-512-bf16 CPUs, at ~6% relative L2 error in the targets (metrics stay float32)."""
+    precision: str = "fp32"
+    """fp32, or bf16: the training step (both networks' forwards and input-gradients) under bf16
+    autocast. On one AVX-512-bf16 CPU core ~1.6x faster for KL + Sobolev and ~2.9x for KL alone
+    (benchmarks/distill_throughput.py); the held-out metrics are computed in float32 either way."""
     eval_every: int = 500
     """Steps between held-out evaluations and checkpoints."""
     eval_frames: int = 10_000
@@ -120,6 +121,8 @@ class DistillConfig:
                 problems.append(f"--{name.replace('_', '-')} {getattr(self, name)} (must be >= 1)")
         if not 0 < self.learning_rate < 1:
             problems.append(f"--learning-rate {self.learning_rate} (must be in (0, 1))")
+        if self.precision not in ("fp32", "bf16"):
+            problems.append(f"--precision {self.precision!r} (use fp32 or bf16)")
         if self.temperature <= 0:
             problems.append(f"--temperature {self.temperature} (must be > 0)")
         if self.validation_fraction and self.test_data:
@@ -290,28 +293,26 @@ def distill(cfg: DistillConfig) -> dict[str, Any]:
     }
     metrics: dict[str, float] = history[-1]["metrics"] if history else {}
 
-    def teacher_targets(x: Tensor) -> Tensor:
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.teacher_bf16):
-            return teacher.log_probs(x)
-
     student.train()
     started, step_at_start = time.time(), step
     window_start, window_steps = time.time(), 0
     while step < cfg.steps:
         idx = train_idx[torch.randint(len(train_idx), (cfg.batch_size,), device=device, generator=generator)]
         x, teacher_logp = store.batch(idx)
-        loss = distillation_loss(
-            student.log_probs,
-            x,
-            teacher_logp,
-            teacher=teacher.log_probs,
-            alpha=cfg.alpha,
-            num_projections=cfg.num_projections,
-            norm=cfg.grad_norm,  # type: ignore[arg-type]
-            kl_direction=cfg.kl_direction,
-            temperature=cfg.temperature,
-            generator=generator,  # type: ignore[arg-type]
-        )
+        # The backward stays outside autocast (it runs in the forward's dtypes anyway).
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
+            loss = distillation_loss(
+                student.log_probs,
+                x,
+                teacher_logp,
+                teacher=teacher.log_probs,
+                alpha=cfg.alpha,
+                num_projections=cfg.num_projections,
+                norm=cfg.grad_norm,  # type: ignore[arg-type]
+                kl_direction=cfg.kl_direction,
+                temperature=cfg.temperature,
+                generator=generator,  # type: ignore[arg-type]
+            )
         if not torch.isfinite(loss.total):
             writer.close()
             raise UserError(

@@ -147,10 +147,11 @@ class Summary:
         kept = []
         for r in students:
             hp = hparams.get(r["game"])
-            if hp is not None and (r["learning_rate"], r["alpha"], r["steps"]) != (
+            if hp is not None and (r["learning_rate"], r["alpha"], r["steps"], r.get("precision", "fp32")) != (
                 hp.learning_rate,
                 hp.alpha_for(r["method"]),
                 hp.steps,
+                hp.precision,
             ):
                 self.excluded += 1  # made with other hyperparameters than the file's
                 continue
@@ -532,15 +533,17 @@ def write_page(summary: Summary, cfg: ReportConfig, fractions: Sequence[float], 
     lines += [
         f"From `{cfg.hparams}`; both methods share the learning rate and steps.",
         "",
-        "| game | learning rate | alpha (Sobolev) | steps | chosen by |",
-        "|---|---:|---:|---:|---|",
+        "| game | learning rate | alpha (Sobolev) | steps | precision | chosen by |",
+        "|---|---:|---:|---:|---|---|",
     ]
     for game in summary.games:
         hp = summary.hparams.get(game)
         if hp:
-            lines.append(f"| {game} | {hp.learning_rate:g} | {hp.alpha:g} | {hp.steps} | {hp.chosen_by} |")
+            lines.append(
+                f"| {game} | {hp.learning_rate:g} | {hp.alpha:g} | {hp.steps} | {hp.precision} | {hp.chosen_by} |"
+            )
         else:
-            lines.append(f"| {game} | | | | not in `{cfg.hparams}` |")
+            lines.append(f"| {game} | | | | | not in `{cfg.hparams}` |")
     lines += ["", "## Reproduce", "", "```bash", *_commands(summary, cfg), "```", ""]
     lines += [
         'The same through make: `make reproduce ARGS="--games pong"` and `make report`. Each '

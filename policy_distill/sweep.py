@@ -44,8 +44,10 @@ DEFAULT_HPARAMS = "docs/reproduce/hparams.json"
 DEFAULT_RESULTS = "runs/reproduce/results.jsonl"
 METRICS = ("action_error", "kl", "grad_cosine", "grad_rel_l2")
 """Held-out metrics of a run, stored as ``final_<name>`` (last step) and ``best_<name>`` (best.pt)."""
-KEY_FIELDS = ("game", "method", "train_fraction", "seed", "learning_rate", "alpha", "steps")
+KEY_FIELDS = ("game", "method", "train_fraction", "seed", "learning_rate", "alpha", "steps", "precision")
 """A results row's identity: a cell with a row under this key is never run again."""
+KEY_DEFAULTS = {"precision": "fp32"}
+"""Values of key fields that rows written before the field existed implicitly had."""
 
 
 @dataclass(frozen=True)
@@ -162,6 +164,9 @@ class GameHparams:
     """Optimiser steps of every run."""
     chosen_by: str
     """Free text: how these values were chosen."""
+    precision: str = "fp32"
+    """fp32, or bf16: train under bf16 autocast (distill --precision). Optional in the file;
+    part of a cell's identity, so fp32 and bf16 runs of a cell are never confused."""
 
     def alpha_for(self, method: str) -> float:
         return self.alpha if method == "sobolev" else 0.0
@@ -204,7 +209,10 @@ def load_hparams(path: str | Path) -> dict[str, GameHparams]:
             raise UserError(f"{where}: steps must be an integer >= 1, got {steps!r}")
         if not isinstance(chosen_by, str) or not chosen_by.strip():
             raise UserError(f"{where}: chosen_by must say how the values were chosen")
-        out[game] = GameHparams(float(lr), float(alpha), steps, " ".join(chosen_by.split()))
+        precision = entry.get("precision", "fp32")
+        if precision not in ("fp32", "bf16"):
+            raise UserError(f"{where}: precision must be fp32 or bf16, got {precision!r}")
+        out[game] = GameHparams(float(lr), float(alpha), steps, " ".join(chosen_by.split()), precision)
     return out
 
 
@@ -224,7 +232,7 @@ def row_key(row: dict[str, Any]) -> tuple[Any, ...]:
     """The identity of a results row (teacher rows: game, method ``teacher``, teacher hash)."""
     if row.get("method") == "teacher":
         return (row.get("game"), "teacher", row.get("teacher_sha256"))
-    return tuple(row.get(k) for k in KEY_FIELDS)
+    return tuple(row.get(k, KEY_DEFAULTS.get(k)) for k in KEY_FIELDS)
 
 
 def append_row(path: str | Path, row: dict[str, Any]) -> None:
@@ -289,7 +297,7 @@ def latest_rows(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _cell_key(game: str, method: str, fraction: float, seed: int, hp: GameHparams) -> tuple[Any, ...]:
-    return (game, method, fraction, seed, hp.learning_rate, hp.alpha_for(method), hp.steps)
+    return (game, method, fraction, seed, hp.learning_rate, hp.alpha_for(method), hp.steps, hp.precision)
 
 
 def _teacher_ref(cfg: SweepConfig, game: str) -> str:
@@ -450,8 +458,9 @@ def _run_cell(cfg: SweepConfig, key: tuple[Any, ...], label: str, hardware: str)
         fidelity_frames=cfg.fidelity_frames,
         seed=seed,
         device=cfg.device,
+        precision=cell["precision"],
         runs_dir=cfg.runs_dir,
-        run=f"{method}-frac{fraction:g}-seed{seed}",
+        run=f"{method}-frac{fraction:g}-seed{seed}" + ("-bf16" if cell["precision"] == "bf16" else ""),
     )
     resumed_from = _resume_step(run_cfg.run_dir)
     _log(

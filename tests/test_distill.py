@@ -129,6 +129,17 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(
     assert kept["step"] == 2 and all(torch.isfinite(v).all() for v in kept["state_dict"].values())
 
 
+def test_bf16_runs_train_and_are_not_resumed_in_fp32(tiny) -> None:  # noqa: ANN001
+    first = distill(config(tiny, run="bf16-0", precision="bf16", alpha=0.0, steps=1, eval_every=1, learning_rate=3e-3))
+    result = distill(config(tiny, run="bf16", precision="bf16", alpha=0.0, steps=30, eval_every=30, learning_rate=3e-3))
+    assert result["test_kl"] < first["test_kl"]
+    assert load_student(result["best_checkpoint"]).record["config"]["precision"] == "bf16"
+    with pytest.raises(UserError, match="other settings"):
+        distill(config(tiny, run="bf16", alpha=0.0, steps=31, eval_every=30, learning_rate=3e-3))
+    with pytest.raises(UserError, match=r"--precision 'fp16' \(use fp32 or bf16\)"):
+        config(tiny, precision="fp16")
+
+
 def test_kl_only_students_train_and_lower_the_kl(tiny) -> None:  # noqa: ANN001
     result = distill(config(tiny, run="kl", alpha=0.0, steps=30, eval_every=30, learning_rate=3e-3))
     first = distill(config(tiny, run="kl0", alpha=0.0, steps=1, eval_every=1, learning_rate=3e-3))

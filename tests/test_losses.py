@@ -161,3 +161,34 @@ def test_kl_only_loss_needs_no_teacher(torch_gen) -> None:  # noqa: ANN001
     assert loss.sobolev.item() == 0.0 and loss.total.item() == loss.kl.item() > 0
     with pytest.raises(ValueError, match="needs the teacher"):
         distillation_loss(student.log_probs, x, random_logp(torch_gen, b=4, a=5), alpha=1.0)
+
+
+def test_bf16_autocast_gives_the_float32_loss_and_parameter_gradients_closely() -> None:
+    """distill --precision bf16 trains under autocast: its loss and the student's parameter
+    gradients (through the double backward) must stay close to float32's on the real networks."""
+    from agents.networks import TeacherNet
+    from policy_distill.student import StudentArch, StudentNet
+
+    torch.manual_seed(0)
+    teacher, student = TeacherNet(6), StudentNet(StudentArch(num_actions=6))
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    x = torch.rand(8, 4, 84, 84)
+    with torch.no_grad():
+        teacher_logp = teacher.log_probs(x)
+
+    def loss_and_grads(bf16: bool) -> tuple[float, torch.Tensor]:
+        gen = torch.Generator().manual_seed(1)  # the same directions v both times
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = distillation_loss(
+                student.log_probs, x, teacher_logp, teacher=teacher.log_probs, alpha=0.01, generator=gen
+            )
+        grads = torch.autograd.grad(loss.total, list(student.parameters()))
+        return loss.total.item(), torch.cat([g.flatten() for g in grads])
+
+    loss32, grad32 = loss_and_grads(False)
+    loss16, grad16 = loss_and_grads(True)
+    assert not torch.equal(grad16, grad32)  # autocast did run in bf16
+    assert abs(loss16 - loss32) < 0.05 * loss32
+    assert torch.nn.functional.cosine_similarity(grad16, grad32, dim=0) > 0.98
+    assert (grad16 - grad32).norm() < 0.2 * grad32.norm()
