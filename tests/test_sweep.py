@@ -150,6 +150,33 @@ def test_sweep_writes_a_row_per_run_and_never_repeats_one(tiny, tmp_path, monkey
     assert torch.load(Path(row["run_dir"]) / "latest.pt", weights_only=True)["step"] == 4
 
 
+def test_precision_is_part_of_a_cells_identity(tiny, tmp_path) -> None:  # noqa: ANN001
+    """A bf16 entry runs bf16 students in their own directories; rows written before precision
+    existed count as fp32, so neither kind of run is taken for the other."""
+    entry = {"learning_rate": 1e-3, "alpha": 0.5, "steps": 2, "chosen_by": "a test"}
+    write_hparams(tmp_path / "hparams.json", pong=entry)
+    cfg = sweep_config(tiny, tmp_path, fractions="0.5", methods="sobolev")
+    assert reproduce(cfg)["ran"] == 1
+    fp32_row = lines(tmp_path / "results.jsonl")[0]
+    assert fp32_row["precision"] == "fp32"
+    old_style = {k: v for k, v in fp32_row.items() if k != "precision"}
+    (tmp_path / "results.jsonl").write_text(json.dumps(old_style) + "\n")
+    assert reproduce(cfg)["skipped"] == 1  # an old row is the fp32 cell
+
+    write_hparams(tmp_path / "hparams.json", pong={**entry, "precision": "bf16"})
+    assert load_hparams(tmp_path / "hparams.json")["pong"].precision == "bf16"
+    assert reproduce(cfg)["ran"] == 1
+    bf16_row = lines(tmp_path / "results.jsonl")[-1]
+    assert bf16_row["precision"] == "bf16" and bf16_row["run_dir"].endswith("sobolev-frac0.5-seed0-bf16")
+    checkpoint = torch.load(bf16_row["best_checkpoint"], weights_only=True)
+    assert checkpoint["config"]["precision"] == "bf16"
+    assert reproduce(cfg)["skipped"] == 1
+
+    write_hparams(tmp_path / "bad.json", pong={**entry, "precision": "fp16"})
+    with pytest.raises(UserError, match="precision must be fp32 or bf16"):
+        load_hparams(tmp_path / "bad.json")
+
+
 def dataclass_replace(cfg: SweepConfig, **changes) -> SweepConfig:  # noqa: ANN003
     import dataclasses
 
