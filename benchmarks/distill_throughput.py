@@ -2,7 +2,9 @@
 
 One step = sample a batch of 200 frames from the in-memory store, compute the loss, backward,
 Adam. The Sobolev step adds one teacher forward + VJP (no parameter gradients) and the
-student's double backward. Also prints where the Sobolev step's time goes.
+student's double backward. Both steps are timed in float32 and under bf16 autocast
+(distill --precision bf16), alternating so that drift in machine load hits all four alike.
+Also prints where the float32 Sobolev step's time goes.
 
     python benchmarks/distill_throughput.py [--device auto] [--steps 20] [--json]
 """
@@ -33,15 +35,16 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def time_steps(student, teacher, x, logp, alpha: float, steps: int, device) -> float:  # noqa: ANN001
-    """Samples/s of full training steps (loss, backward, Adam)."""
+def time_steps(student, teacher, x, logp, alpha: float, steps: int, device, bf16: bool = False) -> float:  # noqa: ANN001
+    """Samples/s of full training steps (loss, backward, Adam), as distill.py runs them."""
     params = list(student.parameters())
     opt = torch.optim.Adam(params, lr=1e-4)
     for i in range(steps + 3):  # 3 warm-up steps
         if i == 3:
             _sync(device)
             start = time.perf_counter()
-        loss = distillation_loss(student.log_probs, x, logp, teacher=teacher.log_probs, alpha=alpha)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            loss = distillation_loss(student.log_probs, x, logp, teacher=teacher.log_probs, alpha=alpha)
         opt.zero_grad(set_to_none=True)
         torch.autograd.backward(loss.total, inputs=params)  # as distill.py: no input .grad
         opt.step()
@@ -95,21 +98,29 @@ def main() -> None:
     x = torch.randint(0, 256, (args.batch_size, 4, 84, 84), device=device).float() / 255
     with torch.no_grad():
         logp = teacher.log_probs(x)
-    kl_rates, sob_rates = [], []
-    for _ in range(2):  # alternate so that drift in machine load hits both alike
-        kl_rates.append(time_steps(student, teacher, x, logp, 0.0, args.steps, device))
-        sob_rates.append(time_steps(student, teacher, x, logp, 1.0, args.steps, device))
-    kl_rate, sob_rate = max(kl_rates), max(sob_rates)
+    rates: dict[tuple[str, str], list[float]] = {}
+    for _ in range(2):  # alternate so that drift in machine load hits all four alike
+        for precision in ("fp32", "bf16"):
+            for method, alpha in (("kl", 0.0), ("sobolev", 0.01)):
+                rate = time_steps(student, teacher, x, logp, alpha, args.steps, device, precision == "bf16")
+                rates.setdefault((precision, method), []).append(rate)
+    best = {key: max(values) for key, values in rates.items()}
+    kl_rate, sob_rate = best[("fp32", "kl")], best[("fp32", "sobolev")]
     phases = profile_sobolev(student, teacher, x, logp, args.steps, device)
     name = (
         torch.cuda.get_device_name(0) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     )
     print(f"device: {name}; batch {args.batch_size}")
-    print(f"KL-only step:      {kl_rate:9.0f} samples/s")
-    print(f"KL + Sobolev step: {sob_rate:9.0f} samples/s")
-    print(f"time ratio Sobolev / KL: {kl_rate / sob_rate:.2f}")
+    print(f"{'samples/s':18s} {'fp32':>9s} {'bf16':>9s} {'bf16 speed-up':>14s}")
+    for method, label in (("kl", "KL-only step"), ("sobolev", "KL + Sobolev step")):
+        fp32, bf16 = best[("fp32", method)], best[("bf16", method)]
+        print(f"{label:18s} {fp32:9.0f} {bf16:9.0f} {bf16 / fp32:13.2f}x")
+    print(
+        f"time ratio Sobolev / KL: {kl_rate / sob_rate:.2f} (fp32), "
+        f"{best[('bf16', 'kl')] / best[('bf16', 'sobolev')]:.2f} (bf16)"
+    )
     total = sum(phases.values())
-    print("Sobolev step profile (ms per step):")
+    print("fp32 Sobolev step profile (ms per step):")
     for key, ms in phases.items():
         print(f"  {key:40s} {ms:8.1f}  ({100 * ms / total:4.1f}%)")
     if args.json:
@@ -120,6 +131,9 @@ def main() -> None:
                     "kl_samples_per_s": kl_rate,
                     "sobolev_samples_per_s": sob_rate,
                     "time_ratio": kl_rate / sob_rate,
+                    "bf16_kl_samples_per_s": best[("bf16", "kl")],
+                    "bf16_sobolev_samples_per_s": best[("bf16", "sobolev")],
+                    "bf16_time_ratio": best[("bf16", "kl")] / best[("bf16", "sobolev")],
                     "profile_ms": phases,
                     "cpus": len(os.sched_getaffinity(0)),
                 }

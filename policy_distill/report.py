@@ -147,7 +147,12 @@ class Summary:
         kept = []
         for r in students:
             hp = hparams.get(r["game"])
-            if hp is not None and (r["learning_rate"], r["alpha"], r["steps"], r.get("precision", "fp32")) != (
+            if hp is not None and (
+                r["learning_rate"],
+                r["alpha"],
+                r["steps"],
+                r.get("precision", "fp32"),
+            ) != (
                 hp.learning_rate,
                 hp.alpha_for(r["method"]),
                 hp.steps,
@@ -539,9 +544,8 @@ def write_page(summary: Summary, cfg: ReportConfig, fractions: Sequence[float], 
     for game in summary.games:
         hp = summary.hparams.get(game)
         if hp:
-            lines.append(
-                f"| {game} | {hp.learning_rate:g} | {hp.alpha:g} | {hp.steps} | {hp.precision} | {hp.chosen_by} |"
-            )
+            values = (hp.learning_rate, hp.alpha, hp.steps, hp.precision, hp.chosen_by)
+            lines.append("| {} | {:g} | {:g} | {} | {} | {} |".format(game, *values))
         else:
             lines.append(f"| {game} | | | | | not in `{cfg.hparams}` |")
     lines += ["", "## Reproduce", "", "```bash", *_commands(summary, cfg), "```", ""]

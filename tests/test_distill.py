@@ -130,8 +130,12 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(
 
 
 def test_bf16_runs_train_and_are_not_resumed_in_fp32(tiny) -> None:  # noqa: ANN001
-    first = distill(config(tiny, run="bf16-0", precision="bf16", alpha=0.0, steps=1, eval_every=1, learning_rate=3e-3))
-    result = distill(config(tiny, run="bf16", precision="bf16", alpha=0.0, steps=30, eval_every=30, learning_rate=3e-3))
+    first = distill(
+        config(tiny, run="bf16-0", precision="bf16", alpha=0.0, steps=1, eval_every=1, learning_rate=3e-3)
+    )
+    result = distill(
+        config(tiny, run="bf16", precision="bf16", alpha=0.0, steps=30, eval_every=30, learning_rate=3e-3)
+    )
     assert result["test_kl"] < first["test_kl"]
     assert load_student(result["best_checkpoint"]).record["config"]["precision"] == "bf16"
     with pytest.raises(UserError, match="other settings"):
