@@ -132,6 +132,12 @@ class ReportConfig:
     metrics: str = "final"
     """final: held-out metrics after the last step (default); best: at best.pt, the step of
     lowest held-out KL (chosen on the test split itself, so optimistic)."""
+    discussion: str = ""
+    """Hand-written markdown placed under "Discussion" after the generated claims (default:
+    ``<out>/discussion.md`` when it exists): the explanations numbers cannot generate."""
+
+    def discussion_path(self) -> Path:
+        return Path(self.discussion) if self.discussion else Path(self.out) / "discussion.md"
 
 
 # --- Summaries -------------------------------------------------------------------------------
@@ -600,6 +606,12 @@ def write_page(summary: Summary, cfg: ReportConfig, fractions: Sequence[float], 
             lines += [f"- {s}" for s in claim_sentences(summary, game)]
     if not summary.students:
         lines.append("Nothing to judge yet: no runs.")
+    discussion = cfg.discussion_path()
+    if discussion.is_file():
+        lines += ["", "## Discussion", "", f"Hand-written, from `{discussion}`.", ""]
+        lines += [discussion.read_text().strip()]
+    elif cfg.discussion:
+        raise UserError(f"--discussion {cfg.discussion}: no such file")
     lines += ["", "## Waiting", "", *_waiting(summary, fractions, seeds), ""]
     return "\n".join(lines)
 

@@ -394,3 +394,30 @@ def test_report_cli_prints_json_and_needs_a_table(tmp_path) -> None:  # noqa: AN
     assert (
         missing.returncode == 2 and missing.stderr.count("\n") == 1 and "no results table" in missing.stderr
     )
+
+
+def test_report_places_a_hand_written_discussion_and_refuses_a_missing_one(tmp_path) -> None:  # noqa: ANN001
+    _, page, _ = write_report(tmp_path, sobolev_shift=-0.2)
+    assert "## Discussion" not in page
+    (tmp_path / "docs" / "discussion.md").write_text("Why the gap is small on Pong.\n")
+    make_report(
+        ReportConfig(
+            results=str(tmp_path / "results.jsonl"),
+            hparams=str(tmp_path / "hparams.json"),
+            out=str(tmp_path / "docs"),
+        )
+    )
+    page = (tmp_path / "docs" / "README.md").read_text()
+    assert (
+        page.index("## Do the paper's claims hold?") < page.index("## Discussion") < page.index("## Waiting")
+    )
+    assert "Why the gap is small on Pong." in page
+    with pytest.raises(UserError, match="--discussion .*nope.md: no such file"):
+        make_report(
+            ReportConfig(
+                results=str(tmp_path / "results.jsonl"),
+                hparams=str(tmp_path / "hparams.json"),
+                out=str(tmp_path / "docs"),
+                discussion=str(tmp_path / "nope.md"),
+            )
+        )
