@@ -148,6 +148,15 @@ class DistillConfig:
         return record
 
 
+def _upgraded_resume_key(saved: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's resume key in today's fields: runs saved before ``precision`` existed had
+    a ``teacher_bf16`` flag that never took effect, so they ran in fp32."""
+    saved = dict(saved)
+    saved.pop("teacher_bf16", None)
+    saved.setdefault("precision", "fp32")
+    return saved
+
+
 class FrameStore:
     """The dataset's frames where the model runs: uint8 on the GPU, or in CPU memory.
 
@@ -230,7 +239,7 @@ def distill(cfg: DistillConfig) -> dict[str, Any]:
             latest_path,
             what="student checkpoint",
         )
-        if state["resume_key"] != cfg.resume_key():
+        if _upgraded_resume_key(state["resume_key"]) != cfg.resume_key():
             raise UserError(
                 f"{run_dir} holds a run with other settings; use the same arguments to resume, "
                 "or --run NAME for a new run"

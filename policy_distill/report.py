@@ -482,6 +482,7 @@ def _commands(summary: Summary, cfg: ReportConfig) -> list[str]:
             ]
             + ["--out", cfg.out, "--fractions", cfg.fractions, "--seeds", cfg.seeds]
             + (["--metrics", cfg.metrics] if cfg.metrics != "final" else [])
+            + (["--discussion", cfg.discussion] if cfg.discussion else [])
         )
     )
     return lines
@@ -609,9 +610,7 @@ def write_page(summary: Summary, cfg: ReportConfig, fractions: Sequence[float], 
     discussion = cfg.discussion_path()
     if discussion.is_file():
         lines += ["", "## Discussion", "", f"Hand-written, from `{discussion}`.", ""]
-        lines += [discussion.read_text().strip()]
-    elif cfg.discussion:
-        raise UserError(f"--discussion {cfg.discussion}: no such file")
+        lines += [discussion.read_text(encoding="utf-8", errors="replace").strip()]
     lines += ["", "## Waiting", "", *_waiting(summary, fractions, seeds), ""]
     return "\n".join(lines)
 
@@ -629,6 +628,8 @@ def make_report(cfg: ReportConfig) -> dict[str, Any]:
         raise UserError(
             f"no results table at {', '.join(missing) or repr(cfg.results)}; run `reproduce` first"
         )
+    if cfg.discussion and not Path(cfg.discussion).is_file():
+        raise UserError(f"--discussion {cfg.discussion}: no such file; write it or leave --discussion out")
     hparams = load_hparams(cfg.hparams)
     summary = Summary(latest_rows(read_rows(paths)), hparams, cfg.metrics)
     out = Path(cfg.out)

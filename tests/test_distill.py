@@ -129,19 +129,40 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(
     assert kept["step"] == 2 and all(torch.isfinite(v).all() for v in kept["state_dict"].values())
 
 
-def test_bf16_runs_train_and_are_not_resumed_in_fp32(tiny) -> None:  # noqa: ANN001
-    first = distill(
-        config(tiny, run="bf16-0", precision="bf16", alpha=0.0, steps=1, eval_every=1, learning_rate=3e-3)
-    )
-    result = distill(
-        config(tiny, run="bf16", precision="bf16", alpha=0.0, steps=30, eval_every=30, learning_rate=3e-3)
-    )
-    assert result["test_kl"] < first["test_kl"]
+def test_bf16_runs_train_in_bf16_and_are_not_resumed_in_fp32(tiny) -> None:  # noqa: ANN001
+    settings = dict(alpha=0.0, eval_every=1, learning_rate=3e-3)
+    one = {
+        p: distill(config(tiny, run=f"one-{p}", precision=p, steps=1, **settings)) for p in ("fp32", "bf16")
+    }
+    weights = {
+        p: torch.load(r["run_dir"] + "/latest.pt", weights_only=True)["state_dict"] for p, r in one.items()
+    }
+    # The same seed and batch: the first step differs only by the precision it ran in.
+    assert any(not torch.equal(weights["fp32"][k], weights["bf16"][k]) for k in weights["fp32"])
+    for key in weights["fp32"]:
+        torch.testing.assert_close(weights["bf16"][key], weights["fp32"][key], rtol=0, atol=1e-2)
+    result = distill(config(tiny, run="bf16", precision="bf16", steps=30, **{**settings, "eval_every": 30}))
+    assert result["test_kl"] < one["bf16"]["test_kl"]
     assert load_student(result["best_checkpoint"]).record["config"]["precision"] == "bf16"
     with pytest.raises(UserError, match="other settings"):
-        distill(config(tiny, run="bf16", alpha=0.0, steps=31, eval_every=30, learning_rate=3e-3))
+        distill(config(tiny, run="bf16", steps=31, **{**settings, "eval_every": 30}))
     with pytest.raises(UserError, match=r"--precision 'fp16' \(use fp32 or bf16\)"):
         config(tiny, precision="fp16")
+
+
+def test_runs_saved_before_precision_existed_resume_in_fp32(tiny) -> None:  # noqa: ANN001
+    from policy_distill.checkpoint import atomic_torch_save
+
+    cfg = config(tiny, run="old-style", steps=2)
+    distill(cfg)
+    path = cfg.run_dir / "latest.pt"
+    state = torch.load(path, weights_only=True)
+    key = {k: v for k, v in state["resume_key"].items() if k != "precision"}
+    atomic_torch_save({**state, "resume_key": {**key, "teacher_bf16": False}}, path)
+    distill(config(tiny, run="old-style", steps=4))  # resumes: the old key counts as fp32
+    assert torch.load(path, weights_only=True)["step"] == 4
+    with pytest.raises(UserError, match="other settings"):
+        distill(config(tiny, run="old-style", steps=6, precision="bf16"))
 
 
 def test_kl_only_students_train_and_lower_the_kl(tiny) -> None:  # noqa: ANN001
