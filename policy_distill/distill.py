@@ -81,8 +81,9 @@ class DistillConfig:
     """Softens both policies before the KL (1 = none)."""
     precision: str = "fp32"
     """fp32, or bf16: the training step (both networks' forwards and input-gradients) under bf16
-    autocast. On one AVX-512-bf16 CPU core ~1.6x faster for KL + Sobolev and ~2.9x for KL alone
-    (benchmarks/distill_throughput.py); the held-out metrics are computed in float32 either way."""
+    autocast. Per step on one AVX-512-bf16 CPU core 1.5x faster for KL + Sobolev and 2.0x for KL
+    alone (benchmarks/distill_throughput.py, docs/reproduce/precision.md); the held-out metrics are
+    computed in float32 either way."""
     eval_every: int = 500
     """Steps between held-out evaluations and checkpoints."""
     eval_frames: int = 10_000

@@ -3,13 +3,16 @@
 Section 4.2 / Figure 4 of Czarnecki et al. 2017: for every game x training fraction x method
 (``kl``: alpha = 0; ``sobolev``: alpha > 0) x seed, one :func:`policy_distill.distill.distill`
 run on the game's one 100K-frame recording (``data/<game>``), in
-``runs/reproduce/<game>/<method>-frac<f>-seed<s>``. Learning rate, alpha and steps come per game
-from a JSON file (``docs/reproduce/hparams.json``), each with the reason it was chosen.
+``runs/reproduce/<game>/<method>-frac<f>-seed<s>[-bf16]``. Learning rate, alpha, steps and
+precision come per game from a JSON file (``docs/reproduce/hparams.json``), each with the
+reason it was chosen.
 
-Every finished run appends one row to a JSON-lines results table
-(``runs/reproduce/results.jsonl``): one ``os.write`` of the whole line, then ``fsync``. Running
-the same command again reads the table and skips every cell whose key (game, method, fraction,
-seed, learning rate, alpha, steps) already has a row, so a finished run is never repeated; an
+Every finished run appends one row to a JSON-lines results table, by default the committed
+``docs/reproduce/results.jsonl`` (so that the grid can be finished over sessions and machines,
+and ``make report`` rebuilds the committed page from it): one ``os.write`` of the whole line,
+then ``fsync``. Running the same command again reads the table and skips every cell whose key
+(game, method, fraction, seed, learning rate, alpha, steps, precision) already has a row, so a
+finished run is never repeated; an
 interrupted run resumes from its ``latest.pt`` (distill's own resume). ``--games``,
 ``--fractions``, ``--seeds`` and ``--methods`` cut the grid into pieces for several machines;
 ``policy_distill report`` reads their tables together.
@@ -41,7 +44,7 @@ METHODS = ("kl", "sobolev")
 DEFAULT_FRACTIONS = "0.01,0.05,0.1,0.3,0.5,0.8"
 DEFAULT_SEEDS = "0,1,2"
 DEFAULT_HPARAMS = "docs/reproduce/hparams.json"
-DEFAULT_RESULTS = "runs/reproduce/results.jsonl"
+DEFAULT_RESULTS = "docs/reproduce/results.jsonl"
 METRICS = ("action_error", "kl", "grad_cosine", "grad_rel_l2")
 """Held-out metrics of a run, stored as ``final_<name>`` (last step) and ``best_<name>`` (best.pt)."""
 KEY_FIELDS = ("game", "method", "train_fraction", "seed", "learning_rate", "alpha", "steps", "precision")
