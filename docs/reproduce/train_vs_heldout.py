@@ -4,7 +4,7 @@ The training KL is the mean of the logged batch KL (``losses/kl``, every 50 step
 last 500 steps, read from its TensorBoard events; the held-out KL is the results row's
 ``final_kl``. Their ratio shows which students memorised their training frames.
 
-    python docs/reproduce/train_vs_heldout.py docs/reproduce/results-core0.jsonl docs/reproduce/results-core1.jsonl
+    python docs/reproduce/train_vs_heldout.py docs/reproduce/results.jsonl
 """
 
 from __future__ import annotations
