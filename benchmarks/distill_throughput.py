@@ -19,7 +19,7 @@ import time
 import torch
 
 from agents.loading import load_teacher
-from policy_distill.devices import pick_device
+from policy_distill.devices import autocast, pick_device
 from policy_distill.losses import (
     distillation_loss,
     kl_divergence,
@@ -43,7 +43,7 @@ def time_steps(student, teacher, x, logp, alpha: float, steps: int, device, bf16
         if i == 3:
             _sync(device)
             start = time.perf_counter()
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        with autocast(device, enabled=bf16):
             loss = distillation_loss(student.log_probs, x, logp, teacher=teacher.log_probs, alpha=alpha)
         opt.zero_grad(set_to_none=True)
         torch.autograd.backward(loss.total, inputs=params)  # as distill.py: no input .grad

@@ -20,11 +20,8 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
         # One line and exit 2, like every other user error (argparse's default adds usage).
         # self.prog is "policy_distill" for the top level, "policy_distill <command>" below it.
-        command = " ".join(self.prog.split()[1:])
-        print(
-            f"error: {message}; see `python -m policy_distill {command} --help`".replace("  ", " "),
-            file=sys.stderr,
-        )
+        help_command = " ".join(["python -m", *self.prog.split(), "--help"])
+        print(f"error: {message}; see `{help_command}`", file=sys.stderr)
         raise SystemExit(2)
 
 

@@ -35,11 +35,11 @@ from policy_distill.checkpoint import (
 )
 from policy_distill.collect import CollectConfig, collect
 from policy_distill.dataset import Dataset, load_dataset
-from policy_distill.devices import pick_device
+from policy_distill.devices import autocast, pick_device
 from policy_distill.errors import UserError
 from policy_distill.losses import distillation_loss, input_jacobian
 from policy_distill.metrics import gradient_fidelity, gradient_maps, policy_metrics
-from policy_distill.settings import game_info
+from policy_distill.settings import PRECISIONS, game_info
 from policy_distill.student import STUDENT_FORMAT, StudentArch, StudentNet, student_record
 
 
@@ -122,7 +122,7 @@ class DistillConfig:
                 problems.append(f"--{name.replace('_', '-')} {getattr(self, name)} (must be >= 1)")
         if not 0 < self.learning_rate < 1:
             problems.append(f"--learning-rate {self.learning_rate} (must be in (0, 1))")
-        if self.precision not in ("fp32", "bf16"):
+        if self.precision not in PRECISIONS:
             problems.append(f"--precision {self.precision!r} (use fp32 or bf16)")
         if self.temperature <= 0:
             problems.append(f"--temperature {self.temperature} (must be > 0)")
@@ -310,7 +310,7 @@ def distill(cfg: DistillConfig) -> dict[str, Any]:
         idx = train_idx[torch.randint(len(train_idx), (cfg.batch_size,), device=device, generator=generator)]
         x, teacher_logp = store.batch(idx)
         # The backward stays outside autocast (it runs in the forward's dtypes anyway).
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
+        with autocast(device, enabled=cfg.precision == "bf16"):
             loss = distillation_loss(
                 student.log_probs,
                 x,
@@ -362,9 +362,10 @@ def distill(cfg: DistillConfig) -> dict[str, Any]:
             history.append({"step": step, "metrics": metrics})
             elapsed = time.time() - started
             print(
-                f"step {step}/{cfg.steps}  kl {loss.kl.item():.4f}  sob {loss.sobolev.item():.4f}  | test "
-                f"err {metrics['action_error']:.4f} kl {metrics['kl']:.4f} cos {metrics['grad_cosine']:.3f}"
-                f"  ({(step - step_at_start) * cfg.batch_size / elapsed:.0f} samples/s)",
+                f"step {step}/{cfg.steps}  kl {loss.kl.item():.4f}  sob {loss.sobolev.item():.4f}  "
+                f"| test err {metrics['action_error']:.4f} kl {metrics['kl']:.4f} "
+                f"cos {metrics['grad_cosine']:.3f}  "
+                f"({(step - step_at_start) * cfg.batch_size / elapsed:.0f} samples/s)",
                 flush=True,
             )
             record = student_record(

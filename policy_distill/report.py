@@ -37,11 +37,13 @@ from policy_distill.sweep import (
     METHODS,
     GameHparams,
     SweepConfig,
+    cell_key,
     latest_rows,
     load_hparams,
     parse_fractions,
     parse_seeds,
     read_rows,
+    row_key,
 )
 
 LABELS = {"kl": "KL only", "sobolev": "Sobolev"}
@@ -153,16 +155,8 @@ class Summary:
         kept = []
         for r in students:
             hp = hparams.get(r["game"])
-            if hp is not None and (
-                r["learning_rate"],
-                r["alpha"],
-                r["steps"],
-                r.get("precision", "fp32"),
-            ) != (
-                hp.learning_rate,
-                hp.alpha_for(r["method"]),
-                hp.steps,
-                hp.precision,
+            if hp is not None and row_key(r) != cell_key(
+                r["game"], r["method"], r["train_fraction"], r["seed"], hp
             ):
                 self.excluded += 1  # made with other hyperparameters than the file's
                 continue

@@ -14,6 +14,9 @@ from typing import Any
 
 from policy_distill.errors import UserError
 
+PRECISIONS = ("fp32", "bf16")
+"""Training precisions of a distillation: float32, or bf16 autocast (``devices.autocast``)."""
+
 
 @dataclass(frozen=True)
 class GameInfo:

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from policy_distill.errors import UserError
-from policy_distill.settings import game_info
+from policy_distill.settings import PRECISIONS, game_info
 
 METHODS = ("kl", "sobolev")
 """``kl``: KL(pi || pi*) alone (alpha = 0); ``sobolev``: KL + alpha * the Sobolev term."""
@@ -213,7 +213,7 @@ def load_hparams(path: str | Path) -> dict[str, GameHparams]:
         if not isinstance(chosen_by, str) or not chosen_by.strip():
             raise UserError(f"{where}: chosen_by must say how the values were chosen")
         precision = entry.get("precision", "fp32")
-        if precision not in ("fp32", "bf16"):
+        if precision not in PRECISIONS:
             raise UserError(f"{where}: precision must be fp32 or bf16, got {precision!r}")
         out[game] = GameHparams(float(lr), float(alpha), steps, " ".join(chosen_by.split()), precision)
     return out
@@ -299,7 +299,8 @@ def latest_rows(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
 # --- The sweep -------------------------------------------------------------------------------
 
 
-def _cell_key(game: str, method: str, fraction: float, seed: int, hp: GameHparams) -> tuple[Any, ...]:
+def cell_key(game: str, method: str, fraction: float, seed: int, hp: GameHparams) -> tuple[Any, ...]:
+    """The results-row key (:func:`row_key`) of a grid cell run with ``hp``."""
     return (game, method, fraction, seed, hp.learning_rate, hp.alpha_for(method), hp.steps, hp.precision)
 
 
@@ -362,7 +363,9 @@ def reproduce(cfg: SweepConfig) -> dict[str, Any]:
     Returns:
         Counts of cells run and skipped, students and teachers scored, the results table's path.
     """
+    from agents.loading import load_teacher
     from policy_distill.checkpoint import hardware_description
+    from policy_distill.devices import pick_device
 
     cfg.check()
     games, fractions, seeds, methods = (
@@ -382,12 +385,13 @@ def reproduce(cfg: SweepConfig) -> dict[str, Any]:
     index = 0
     for game in games:
         hp = chosen[game]
-        _check_provenance(cfg, game, done.values())
+        teacher = load_teacher(_teacher_ref(cfg, game), game=game, device=pick_device(cfg.device))
+        _check_provenance(cfg, game, teacher, done.values())
         for fraction in fractions:
             for method in methods:
                 for seed in seeds:
                     index += 1
-                    key = _cell_key(game, method, fraction, seed, hp)
+                    key = cell_key(game, method, fraction, seed, hp)
                     label = f"[{index}/{total}] {game} {method} frac {fraction:g} seed {seed}"
                     want_score = cfg.score_episodes > 0 and fraction == scored_fraction
                     row = done.get(key)
@@ -415,15 +419,12 @@ def reproduce(cfg: SweepConfig) -> dict[str, Any]:
                         )
                     )
         if cfg.score_episodes > 0:
-            counts["teachers_scored"] += _score_teacher(cfg, game, done, results, hardware)
+            counts["teachers_scored"] += _score_teacher(cfg, game, teacher, done, results, hardware)
     return {"results": str(results), "cells": total, **counts}
 
 
-def _check_provenance(cfg: SweepConfig, game: str, rows: Iterable[dict[str, Any]]) -> None:
+def _check_provenance(cfg: SweepConfig, game: str, teacher: Any, rows: Iterable[dict[str, Any]]) -> None:
     """Refuse to mix runs of another teacher or dataset into the results of this game."""
-    from agents.loading import load_teacher
-
-    teacher = load_teacher(_teacher_ref(cfg, game), game=game)
     meta_path = Path(cfg.data.replace("{game}", game)) / "meta.json"
     dataset_sha = json.loads(meta_path.read_text()).get("content_sha256") if meta_path.is_file() else None
     for row in rows:
@@ -500,13 +501,14 @@ def _run_cell(cfg: SweepConfig, key: tuple[Any, ...], label: str, hardware: str)
 
 
 def _score_teacher(
-    cfg: SweepConfig, game: str, done: dict[tuple[Any, ...], dict[str, Any]], results: Path, hardware: str
+    cfg: SweepConfig,
+    game: str,
+    teacher: Any,
+    done: dict[tuple[Any, ...], dict[str, Any]],
+    results: Path,
+    hardware: str,
 ) -> int:
     """Play the game's teacher once and cache its score as a ``teacher`` row; 1 if played."""
-    from agents.loading import load_teacher
-    from policy_distill.devices import pick_device
-
-    teacher = load_teacher(_teacher_ref(cfg, game), game=game, device=pick_device(cfg.device))
     row = {"game": game, "method": "teacher", "teacher_sha256": teacher.source.sha256}
     if row_key(row) in done:
         _log(f"{game} teacher {teacher.source.name}: score cached in {results}")
