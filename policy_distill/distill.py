@@ -138,7 +138,8 @@ class DistillConfig:
     @property
     def run_dir(self) -> Path:
         val = f"-val{self.validation_fraction:g}" if self.validation_fraction else ""
-        name = self.run or f"{self.method}-frac{self.train_fraction:g}{val}-seed{self.seed}"
+        precision = "-bf16" if self.precision == "bf16" else ""  # its own directory: not resumable in fp32
+        name = self.run or f"{self.method}-frac{self.train_fraction:g}{val}-seed{self.seed}{precision}"
         return Path(self.runs_dir) / self.game / name
 
     def resume_key(self) -> dict[str, Any]:
@@ -363,7 +364,7 @@ def distill(cfg: DistillConfig) -> dict[str, Any]:
             elapsed = time.time() - started
             print(
                 f"step {step}/{cfg.steps}  kl {loss.kl.item():.4f}  sob {loss.sobolev.item():.4f}  "
-                f"| test err {metrics['action_error']:.4f} kl {metrics['kl']:.4f} "
+                f"| held-out err {metrics['action_error']:.4f} kl {metrics['kl']:.4f} "
                 f"cos {metrics['grad_cosine']:.3f}  "
                 f"({(step - step_at_start) * cfg.batch_size / elapsed:.0f} samples/s)",
                 flush=True,

@@ -447,7 +447,7 @@ def _run_cell(cfg: SweepConfig, key: tuple[Any, ...], label: str, hardware: str)
     from policy_distill.distill import DistillConfig, distill
 
     cell = dict(zip(KEY_FIELDS, key))
-    game, method, fraction, seed = cell["game"], cell["method"], cell["train_fraction"], cell["seed"]
+    game, fraction, seed = cell["game"], cell["train_fraction"], cell["seed"]
     run_cfg = DistillConfig(
         game=game,
         teacher=_teacher_ref(cfg, game) if cfg.teacher else "",
@@ -464,7 +464,6 @@ def _run_cell(cfg: SweepConfig, key: tuple[Any, ...], label: str, hardware: str)
         device=cfg.device,
         precision=cell["precision"],
         runs_dir=cfg.runs_dir,
-        run=f"{method}-frac{fraction:g}-seed{seed}" + ("-bf16" if cell["precision"] == "bf16" else ""),
     )
     resumed_from = _resume_step(run_cfg.run_dir)
     _log(

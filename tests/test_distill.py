@@ -146,6 +146,9 @@ def test_bf16_runs_train_in_bf16_and_are_not_resumed_in_fp32(tiny) -> None:  # n
     assert load_student(result["best_checkpoint"]).record["config"]["precision"] == "bf16"
     with pytest.raises(UserError, match="other settings"):
         distill(config(tiny, run="bf16", steps=31, **{**settings, "eval_every": 30}))
+    # By default a bf16 run has its own directory, so it never meets an fp32 run of the same cell.
+    assert config(tiny, precision="bf16").run_dir.name == "sobolev-frac0.5-seed0-bf16"
+    assert config(tiny).run_dir.name == "sobolev-frac0.5-seed0"
     with pytest.raises(UserError, match=r"--precision 'fp16' \(use fp32 or bf16\)"):
         config(tiny, precision="fp16")
 
