@@ -25,7 +25,7 @@ help:
 	@echo "make evaluate-teacher GAME=pong EPISODES=20"
 	@echo "make evaluate CHECKPOINT=runs/pong/<run>/best.pt EPISODES=10"
 	@echo "make regression-benchmark  the paper's section 4.1 benchmark"
-	@echo "make benchmark             collection and distillation throughput benchmarks"
+	@echo "make benchmark             collection, distillation, teacher-training and student-vs-teacher benchmarks"
 	@echo "make reproduce [ARGS=...]  the paper's Figure 4 sweep (resumable); make report writes docs/reproduce"
 
 $(VENV)/.installed: pyproject.toml
@@ -79,6 +79,8 @@ report: setup
 benchmark: setup
 	$(PY) benchmarks/collection_throughput.py
 	$(PY) benchmarks/distill_throughput.py
+	$(PY) benchmarks/teacher_throughput.py
+	$(PY) benchmarks/student_vs_teacher.py
 
 clean-venv:
 	rm -rf $(VENV)

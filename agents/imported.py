@@ -339,14 +339,14 @@ def _resolve_game(game: str | None, path: Path, *, what: str, infer_from_name: b
     if game is None:
         if named is None:
             raise UserError(
-                f"{what} {str(path)!r} does not record its game; pass --game "
+                f"{what} {str(path)!r} does not record its game; pass `game` "
                 "(load_teacher(..., game=...)) with pong, breakout or space_invaders"
             )
         return named
     chosen = game_info(game).name
     if named is not None and named != chosen:
         raise UserError(
-            f"{what} {str(path)!r} is named after {named} but --game is {chosen}; "
+            f"{what} {str(path)!r} is named after {named} but `game` is {chosen}; "
             "pass the teacher of the game you mean"
         )
     return chosen
@@ -511,7 +511,7 @@ def load_cleanrl_state_dict(record: dict[str, Any], path: str | Path, *, game: s
     path = Path(path)
     if game is None:
         raise UserError(
-            f"CleanRL checkpoint {str(path)!r} does not record its game; pass --game "
+            f"CleanRL checkpoint {str(path)!r} does not record its game; pass `game` "
             "(load_teacher(..., game=...)) with pong, breakout or space_invaders"
         )
     chosen = game_info(game).name

@@ -59,11 +59,64 @@ class Teacher(nn.Module):
         # A teacher is never put in training mode (no dropout/batch-norm updates).
         return super().train(False)
 
-    def log_probs(self, x: Tensor) -> Tensor:
-        return self.net.log_probs(x)
+    def log_probs(self, x: Any) -> Tensor:
+        """Observations -> ``[B, A]`` float32 log-probabilities (``[A]`` for one unbatched observation).
 
-    def forward(self, x: Tensor) -> Tensor:
+        Takes what the environment gives, ``[B, 4, 84, 84]`` or ``[4, 84, 84]`` ``uint8`` pixels
+        (numpy or torch, newest frame last), or, the fast path that training and the Sobolev
+        targets use, a torch float tensor of pixels / 255, passed on unchanged so that
+        input-gradients flow. Anything else is refused with one line (see
+        :func:`policy_distill.policy.as_observation`).
+        """
+        from policy_distill.policy import contract_log_probs
+
+        return contract_log_probs(self.net, x, self.settings)
+
+    def forward(self, x: Any) -> Tensor:
         return self.log_probs(x)
+
+    def act(self, obs: Any, *, greedy: bool = False, generator: torch.Generator | None = None) -> Tensor:
+        """Observations -> ``[B] int64`` actions (``[]`` unbatched): sampled, or argmax when ``greedy``."""
+        from policy_distill.policy import contract_act
+
+        return contract_act(self.net, obs, self.settings, greedy=greedy, generator=generator)
+
+    def predict(
+        self,
+        observation: Any,
+        state: Any = None,
+        episode_start: Any = None,
+        deterministic: bool = False,
+        *,
+        generator: torch.Generator | None = None,
+    ) -> tuple[Any, None]:
+        """Stable-Baselines3's ``predict``: observations -> (``[B] int64`` numpy actions, ``None``);
+        ``state`` and ``episode_start`` are ignored (a feed-forward policy has no recurrent state)."""
+        from policy_distill.policy import contract_predict
+
+        return contract_predict(
+            self.net, observation, self.settings, deterministic=deterministic, generator=generator
+        )
+
+    @property
+    def action_meanings(self) -> tuple[str, ...]:
+        """Names of the actions in the order of the log-probabilities (``NOOP``, ``FIRE``...)."""
+        from policy_distill.policy import action_meanings
+
+        return action_meanings(self.settings.game)
+
+    def env_kwargs(self) -> dict[str, Any]:
+        """``gymnasium.make_vec`` / ``AtariVectorEnv`` arguments that reproduce the teacher's settings."""
+        from policy_distill.policy import env_kwargs
+
+        return env_kwargs(self.settings)
+
+    def check_env(self, env: Any) -> list[str]:
+        """Refuse with one line a vector environment whose settings differ from the teacher's;
+        returns the settings checked (see :func:`policy_distill.policy.check_env`)."""
+        from policy_distill.policy import check_env
+
+        return check_env(self.settings, env, what="teacher")
 
 
 def shipped_teachers() -> list[str]:

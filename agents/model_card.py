@@ -1,4 +1,9 @@
-"""Write the model card that sits beside a shipped teacher's weights."""
+"""Write the model card that sits beside a shipped teacher's weights.
+
+Everything on the card comes from the checkpoint's own record (settings, hyperparameters, agent
+steps, the machines it trained on, its learning curve) and from an evaluation of exactly that
+file. A hand-written ``## Notes`` section already on the card is kept when the card is rewritten.
+"""
 
 from __future__ import annotations
 
@@ -9,24 +14,99 @@ from typing import Any
 from policy_distill.checkpoint import atomic_write_bytes, safe_torch_load, sha256_file
 from policy_distill.evaluation import Scores
 
+NOTES_HEADING = "## Notes"
 
-def write_model_card(teacher_path: str | Path, scores: Scores, *, seed: int, command: str) -> Path:
-    """Write ``<teacher>.md`` from the checkpoint's own record and a measured evaluation.
+
+def _score_line(scores: Scores) -> str:
+    return (
+        f"mean **{scores.mean:.2f}**, standard deviation {scores.std:.2f}, "
+        f"min {min(scores.scores):.0f}, max {max(scores.scores):.0f}, {len(scores.scores)} games"
+    )
+
+
+def _segments_table(segments: list[dict[str, Any]]) -> list[str]:
+    """One row per sitting: where, in what precision, which steps, how long."""
+    lines = [
+        "| sitting | machine | CPU capability | precision | agent steps | wall time |",
+        "|---|---|---|---|---|---|",
+    ]
+    for i, seg in enumerate(segments, 1):
+        lines.append(
+            f"| {i} | {seg.get('hardware', 'unknown')} | {seg.get('cpu_capability', 'not recorded')} | "
+            f"{seg.get('precision', 'not recorded')} | {seg['from_step']:,} to {seg['to_step']:,} | "
+            f"{seg['wall_time_s'] / 60:.0f} min |"
+        )
+    return lines
+
+
+def plot_learning_curve(curve: list[list[float]], game: str, path: Path) -> Path | None:
+    """Draw episodic return (training games, mean per bin of agent steps) against agent steps.
+
+    Returns the PNG's path, or None when matplotlib (the ``plots`` extra) is missing or there is
+    no curve.
+    """
+    if not curve:
+        return None
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    steps = [point[0] / 1e6 for point in curve]
+    returns = [point[1] for point in curve]
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    ax.plot(steps, returns, color="#1f77b4")
+    ax.set_xlabel("agent steps (millions)")
+    ax.set_ylabel("episodic return (raw, training games)")
+    ax.set_title(f"{game}: PPO teacher learning curve")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, metadata={"Software": None})
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
+def write_model_card(
+    teacher_path: str | Path,
+    scores: Scores,
+    *,
+    seed: int,
+    command: str,
+    greedy: Scores | None = None,
+) -> Path:
+    """Write ``<teacher>.md`` (and ``<teacher>_curve.png``) from the checkpoint's own record and
+    a measured evaluation.
 
     Args:
         teacher_path: The shipped checkpoint (``agents/pretrained/<game>.pt``).
-        scores: Raw scores of an evaluation of exactly this file.
+        scores: Raw scores of an evaluation of exactly this file, actions sampled.
         seed: Evaluation seed, for reproduction.
         command: The command that reproduces the evaluation.
+        greedy: The same games with argmax actions, when measured.
     """
     teacher_path = Path(teacher_path)
     record: dict[str, Any] = safe_torch_load(teacher_path, what="teacher checkpoint")
     training = record.get("training", {})
     hp = training.get("hyperparameters", {})
     steps, frames = training.get("agent_steps", 0), training.get("emulator_frames", 0)
-    minutes, hardware = training.get("wall_time_s", 0) / 60, training.get("hardware", "unknown")
+    total = hp.get("total_steps")
     dtype = training.get("weights_dtype", "float32")
     versions = ", ".join(f"{k} {v}" for k, v in record.get("versions", {}).items())
+    card = teacher_path.with_suffix(".md")
+    curve_png = plot_learning_curve(
+        training.get("curve", []), record["game"], teacher_path.with_name(f"{teacher_path.stem}_curve.png")
+    )
+    unfinished = training.get("finished") is False or (total is not None and steps < total)
+    status = (
+        f"**Unfinished**: {steps:,} of {total:,} planned agent steps; training continues in a later "
+        "session from these weights (`--init-from`)."
+        if unfinished and total
+        else "Training finished."
+    )
     lines = [
         f"# Teacher: {record['game']} (`{teacher_path.name}`)",
         "",
@@ -34,25 +114,56 @@ def write_model_card(teacher_path: str | Path, scores: Scores, *, seed: int, com
         "conv 64 3x3/1, linear 512, policy and value heads), trained by this toolkit's PPO trainer "
         "(`agents/ppo.py`).",
         "",
+        status,
+        "",
         "## Score",
         "",
-        f"Raw game score (unclipped rewards summed over whole games), {len(scores.scores)} games, actions "
-        f"sampled from the policy, evaluation seed {seed}:",
+        "Raw game score (unclipped rewards summed over whole games), the toolkit's default settings "
+        f"record, evaluation seed {seed}:",
         "",
-        f"- mean **{scores.mean:.2f}**, standard deviation {scores.std:.2f}, "
-        f"min {min(scores.scores):.0f}, max {max(scores.scores):.0f}",
-        f"- human-normalised: {scores.human_normalized:.3f}",
-        f"- scores: {', '.join(f'{s:.0f}' for s in scores.scores)}",
+        f"- actions sampled from the policy: {_score_line(scores)}; human-normalised "
+        f"{scores.human_normalized:.3f}",
+    ]
+    if greedy is not None:
+        lines.append(
+            f"- greedy (argmax) actions: {_score_line(greedy)}; "
+            f"human-normalised {greedy.human_normalized:.3f}"
+        )
+    lines += [
+        f"- sampled scores: {', '.join(f'{s:.0f}' for s in scores.scores)}",
         "",
-        f"Reproduce: `{command}`",
+        f"Reproduce: `{command}` (add `--greedy` for argmax actions)",
         "",
+    ]
+    if greedy is not None:
+        lines += [
+            "Sampled and greedy play differ because PPO trains a stochastic policy and the entropy bonus "
+            "keeps it stochastic: the teacher was only ever trained on the states its sampled actions "
+            "lead to, and argmax play can fall into loops it never saw (e.g. repeating one move where "
+            "the sampled policy would vary). Scores and datasets in this toolkit use sampled actions.",
+            "",
+        ]
+    lines += [
         "## Training",
         "",
         f"- algorithm: {training.get('algorithm', 'unknown')}",
-        f"- agent steps: {steps:,} ({frames:,} emulator frames)",
-        f"- wall time: {minutes:.0f} minutes on {hardware}",
+        f"- agent steps: {steps:,} ({frames:,} emulator frames)"
+        + (f" of {total:,} planned" if total else ""),
+        f"- wall time: {training.get('wall_time_s', 0) / 60:.0f} minutes in all, by sitting:",
+        "",
+        *_segments_table(training.get("segments", [])),
+        "",
         f"- weights stored as {dtype}; SHA-256 `{sha256_file(teacher_path)}`",
-        "- hyperparameters:",
+    ]
+    if curve_png is not None:
+        lines += ["", f"![learning curve]({curve_png.name})", ""]
+        lines.append(
+            "Learning curve: mean raw return of the training games that ended in each bin of "
+            "50,000 agent steps (kept in the checkpoint, so it spans every sitting)."
+        )
+    lines += [
+        "",
+        "Hyperparameters:",
         "",
         "```json",
         json.dumps(hp, indent=2, sort_keys=True),
@@ -67,6 +178,10 @@ def write_model_card(teacher_path: str | Path, scores: Scores, *, seed: int, com
         f"Package versions at export: {versions}.",
         "",
     ]
-    card = teacher_path.with_suffix(".md")
-    atomic_write_bytes(card, "\n".join(lines).encode())
+    notes = ""
+    if card.exists():
+        old = card.read_text()
+        if NOTES_HEADING in old:
+            notes = old[old.index(NOTES_HEADING) :]
+    atomic_write_bytes(card, ("\n".join(lines) + notes).encode())
     return card

@@ -23,7 +23,7 @@ from policy_distill.collect import CollectConfig, collect
 from policy_distill.envs import make_vector_env
 
 
-def bare_env_steps_per_second(settings, num_envs: int, batch_size: int, steps: int, seed: int = 0) -> float:  # noqa: ANN001
+def bare_env_steps_per_second(settings, num_envs: int, batch_size: int, steps: int, seed: int = 0) -> float:
     """Agent steps/s of the environment alone, random actions, same async configuration."""
     env = make_vector_env(settings, num_envs, batch_size=batch_size)
     rng = np.random.default_rng(seed)

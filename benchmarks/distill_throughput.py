@@ -1,8 +1,8 @@
 """Training throughput of a KL-only step vs a KL + Sobolev step, side by side, with a profile.
 
-One step = sample a batch of 200 frames from the in-memory store, compute the loss, backward,
-Adam. The Sobolev step adds one teacher forward + VJP (no parameter gradients) and the
-student's double backward. Both steps are timed in float32 and under bf16 autocast
+One step = ``policy_distill.distill.train_step``, the step ``distill`` runs: the loss of a batch
+of 200 frames, backward, Adam. The Sobolev step adds one teacher forward + VJP (no parameter
+gradients) and the student's double backward. Both steps are timed in float32 and under bf16 autocast
 (distill --precision bf16), alternating so that drift in machine load hits all four alike.
 Also prints where the float32 Sobolev step's time goes.
 
@@ -19,9 +19,9 @@ import time
 import torch
 
 from agents.loading import load_teacher
-from policy_distill.devices import autocast, pick_device
+from policy_distill.devices import cpu_capability, pick_device, resolve_precision
+from policy_distill.distill import DistillConfig, train_step
 from policy_distill.losses import (
-    distillation_loss,
     kl_divergence,
     sample_unit_sphere,
     sobolev_projection_loss,
@@ -35,24 +35,21 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def time_steps(student, teacher, x, logp, alpha: float, steps: int, device, bf16: bool = False) -> float:  # noqa: ANN001
-    """Samples/s of full training steps (loss, backward, Adam), as distill.py runs them."""
-    params = list(student.parameters())
-    opt = torch.optim.Adam(params, lr=1e-4)
+def time_steps(student, teacher, x, logp, alpha: float, steps: int, device, bf16: bool = False) -> float:
+    """Samples/s of full training steps (``train_step``: loss, backward, Adam) on one fixed batch."""
+    opt = torch.optim.Adam(student.parameters(), lr=1e-4)
+    cfg = DistillConfig(alpha=alpha, batch_size=x.shape[0], device=str(device))
+    generator = torch.Generator(device=device).manual_seed(0)
     for i in range(steps + 3):  # 3 warm-up steps
         if i == 3:
             _sync(device)
             start = time.perf_counter()
-        with autocast(device, enabled=bf16):
-            loss = distillation_loss(student.log_probs, x, logp, teacher=teacher.log_probs, alpha=alpha)
-        opt.zero_grad(set_to_none=True)
-        torch.autograd.backward(loss.total, inputs=params)  # as distill.py: no input .grad
-        opt.step()
+        train_step(student, opt, x, logp, teacher.log_probs, cfg, generator, bf16=bf16)
     _sync(device)
     return steps * x.shape[0] / (time.perf_counter() - start)
 
 
-def profile_sobolev(student, teacher, x, logp, steps: int, device) -> dict[str, float]:  # noqa: ANN001
+def profile_sobolev(student, teacher, x, logp, steps: int, device) -> dict[str, float]:
     """Milliseconds per step in each phase of the Sobolev step."""
     phases = {
         "teacher forward + VJP": 0.0,
@@ -110,7 +107,11 @@ def main() -> None:
     name = (
         torch.cuda.get_device_name(0) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     )
-    print(f"device: {name}; batch {args.batch_size}")
+    auto = resolve_precision("auto", device)
+    print(
+        f"device: {name}; CPU capability {cpu_capability()}; precision auto -> {auto}; "
+        f"batch {args.batch_size}"
+    )
     print(f"{'samples/s':18s} {'fp32':>9s} {'bf16':>9s} {'bf16 speed-up':>14s}")
     for method, label in (("kl", "KL-only step"), ("sobolev", "KL + Sobolev step")):
         fp32, bf16 = best[("fp32", method)], best[("bf16", method)]
@@ -128,6 +129,8 @@ def main() -> None:
             json.dumps(
                 {
                     "device": name,
+                    "cpu_capability": cpu_capability(),
+                    "precision_auto": auto,
                     "kl_samples_per_s": kl_rate,
                     "sobolev_samples_per_s": sob_rate,
                     "time_ratio": kl_rate / sob_rate,

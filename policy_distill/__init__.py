@@ -15,7 +15,8 @@ __all__ = ["load_student", "load_teacher"]
 
 
 def __getattr__(name: str) -> Any:
-    # Lazy: policy_distill.student pulls in torch, and agents.loading imports this package.
+    # Lazy, so that `import policy_distill` (e.g. for its settings) stays cheap and needs no torch.
+    # This facade is the top layer: it may reach agents, which the core modules never import.
     if name == "load_student":
         from policy_distill.student import load_student
 

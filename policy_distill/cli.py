@@ -1,19 +1,25 @@
 """``python -m policy_distill``: one subcommand per job; the Make targets wrap these.
 
-Every error a user can cause ends as one line ``error: ...`` and exit status 2.
-Commands that report a result print it as one JSON object on the last line with ``--json``.
+One convention for every command: its settings are frozen config dataclasses that validate
+themselves (messages in field terms); :data:`COMMANDS` lists each command's dataclasses and the
+function that runs it; the parser maps fields to flags and adds ``--json`` once. Every error a
+user can cause ends as one line ``error: ...`` and exit status 2, with config fields spelled as
+flags. Commands that report a result print it as one JSON object on the last line with ``--json``.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import re
 import sys
 from collections.abc import Callable
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
-from policy_distill.errors import UserError
+from policy_distill.config_args import add_config_arguments, config_from_args, flag
+from policy_distill.errors import ConfigError, UserError, at_least, check_fields
 
 
 class _Parser(argparse.ArgumentParser):
@@ -25,82 +31,146 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
-def _emit(result: dict[str, Any], as_json: bool) -> None:
-    if as_json:
-        print(json.dumps(result, sort_keys=True))
+# --- Settings of the commands that have no library config of their own ------------------------
 
 
-def cmd_train_teacher(args: argparse.Namespace) -> dict[str, Any]:
-    from agents.ppo import PPOConfig, train_ppo
-    from policy_distill.config_args import config_from_args
-    from policy_distill.settings import game_info
+@dataclass(frozen=True)
+class Progress:
+    """Progress output of a long command."""
 
-    cfg = config_from_args(PPOConfig, args, game=game_info(args.game).name)
-    out = Path(args.out or f"runs/teachers/{cfg.game}")
-    path = train_ppo(cfg, out, init_from=args.init_from)
-    return {"teacher": str(path)}
+    no_progress: bool = False
+    """No progress bar."""
 
 
-def cmd_export_teacher(args: argparse.Namespace) -> dict[str, Any]:
+@dataclass(frozen=True)
+class CollectTarget:
+    """Which teacher to record and where the dataset goes."""
+
+    game: str
+    """pong, breakout or space_invaders."""
+    teacher: str = ""
+    """Shipped name or checkpoint path (default: the game's shipped teacher)."""
+    out: str = ""
+    """Dataset directory (default data/<game>)."""
+    overwrite: bool = False
+    """Replace an existing dataset."""
+
+
+@dataclass(frozen=True)
+class EvaluateTeacherConfig:
+    """Play a teacher for whole games."""
+
+    teacher: str = "pong"
+    """Shipped name (pong, breakout, space_invaders) or checkpoint path."""
+    game: str = ""
+    """Check that the teacher plays this game (required for a CleanRL file)."""
+    episodes: int = 20
+    """Games to play."""
+    seed: int = 1000
+    """Evaluation seed."""
+    greedy: bool = False
+    """Argmax actions instead of sampling."""
+
+    def __post_init__(self) -> None:
+        check_fields("evaluation settings", [at_least(self, "episodes", 1), at_least(self, "seed", 0)])
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """Play a student checkpoint (and its teacher) for whole games."""
+
+    checkpoint: str
+    """Student checkpoint (runs/<game>/<run>/best.pt)."""
+    episodes: int = 10
+    """Games to play."""
+    seed: int = 1000
+    """Evaluation seed."""
+    greedy: bool = False
+    """Argmax actions instead of sampling."""
+    teacher: str = ""
+    """Teacher to compare with (default: the one the student was distilled from)."""
+    no_teacher: bool = False
+    """Do not play the teacher."""
+
+    def __post_init__(self) -> None:
+        check_fields("evaluation settings", [at_least(self, "episodes", 1), at_least(self, "seed", 0)])
+
+
+# --- Commands -----------------------------------------------------------------------------------
+
+
+def cmd_train_teacher(cfg: Any, run: Any) -> dict[str, Any]:
+    from agents.ppo import train_ppo
+
+    result = train_ppo(
+        cfg,
+        run.out or f"runs/teachers/{cfg.game}",
+        init_from=run.init_from or None,
+        stop_after_s=60 * run.stop_after_minutes if run.stop_after_minutes else None,
+    )
+    return {
+        "teacher": str(result.teacher_path),
+        "agent_steps": result.agent_steps,
+        "steps_per_s": round(result.steps_per_s, 1),
+        "precision": result.precision,
+        "finished": result.finished,
+    }
+
+
+def cmd_export_teacher(cfg: Any) -> dict[str, Any]:
     from agents.ppo import export_teacher
 
-    path = export_teacher(args.run, args.out, half=not args.float32)
+    path = export_teacher(cfg.run, cfg.out, half=not cfg.float32)
     print(f"wrote {path}")
     result: dict[str, Any] = {"teacher": str(path)}
-    if args.card_episodes:
+    if cfg.card_episodes:
         from agents.loading import load_teacher
         from agents.model_card import write_model_card
         from policy_distill.evaluation import evaluate_policy
 
         teacher = load_teacher(path)
-        scores = evaluate_policy(teacher, teacher.settings, args.card_episodes, seed=args.seed)
+        scores = evaluate_policy(teacher, teacher.settings, cfg.card_episodes, seed=cfg.seed)
+        greedy = evaluate_policy(teacher, teacher.settings, cfg.card_episodes, seed=cfg.seed, greedy=True)
         command = (
             f"python -m policy_distill evaluate-teacher --teacher {path} "
-            f"--episodes {args.card_episodes} --seed {args.seed}"
+            f"--episodes {cfg.card_episodes} --seed {cfg.seed}"
         )
-        card = write_model_card(path, scores, seed=args.seed, command=command)
-        print(f"wrote {card}: {scores.mean:.2f} +- {scores.std:.2f} over {args.card_episodes} games")
-        result.update(card=str(card), **scores.summary())
+        card = write_model_card(path, scores, seed=cfg.seed, command=command, greedy=greedy)
+        print(f"wrote {card}: {scores.mean:.2f} +- {scores.std:.2f} over {cfg.card_episodes} games")
+        result.update(card=str(card), **scores.summary(), greedy_mean=greedy.mean)
     return result
 
 
-def cmd_evaluate_teacher(args: argparse.Namespace) -> dict[str, Any]:
+def cmd_evaluate_teacher(cfg: EvaluateTeacherConfig) -> dict[str, Any]:
     from agents.loading import load_teacher
     from policy_distill.evaluation import evaluate_policy
 
-    teacher = load_teacher(args.teacher, game=args.game)
-    _check_positive(episodes=args.episodes)
-    result = evaluate_policy(teacher, teacher.settings, args.episodes, seed=args.seed, greedy=args.greedy)
+    teacher = load_teacher(cfg.teacher, game=cfg.game or None)
+    result = evaluate_policy(teacher, teacher.settings, cfg.episodes, seed=cfg.seed, greedy=cfg.greedy)
     print(
         f"teacher {teacher.source.name} on {teacher.settings.game}: {result.mean:.2f} +- {result.std:.2f} "
-        f"over {args.episodes} games (human-normalised {result.human_normalized:.3f})"
+        f"over {cfg.episodes} games (human-normalised {result.human_normalized:.3f})"
     )
     return {"teacher": teacher.source.name, "game": teacher.settings.game, **result.summary()}
 
 
-def cmd_collect(args: argparse.Namespace) -> dict[str, Any]:
+def cmd_collect(target: CollectTarget, cfg: Any, progress: Progress) -> dict[str, Any]:
     from agents.loading import load_teacher
-    from policy_distill.collect import CollectConfig, collect
-    from policy_distill.config_args import config_from_args
+    from policy_distill.collect import collect
     from policy_distill.settings import game_info
 
-    game = game_info(args.game).name
-    cfg = config_from_args(CollectConfig, args)
-    _check_positive(frames=cfg.frames, num_envs=cfg.num_envs, batch_size=cfg.batch_size)
-    teacher = load_teacher(args.teacher or game, game=game)
-    meta = collect(
-        teacher, cfg, args.out or f"data/{game}", overwrite=args.overwrite, progress=not args.no_progress
-    )
+    game = game_info(target.game).name
+    teacher = load_teacher(target.teacher or game, game=game)
+    out = target.out or f"data/{game}"
+    meta = collect(teacher, cfg, out, overwrite=target.overwrite, progress=not progress.no_progress)
     keys = ("game", "frames", "episodes", "complete_episodes", "collection_fps", "teacher_score_mean")
-    return {"dataset": str(args.out or f"data/{game}"), **{k: meta[k] for k in keys}}
+    return {"dataset": str(out), **{k: meta[k] for k in keys}}
 
 
-def cmd_distill(args: argparse.Namespace) -> dict[str, Any]:
-    from policy_distill.config_args import config_from_args
-    from policy_distill.distill import DistillConfig, distill
+def cmd_distill(cfg: Any, progress: Progress) -> dict[str, Any]:
+    from policy_distill.distill import distill
 
-    cfg = config_from_args(DistillConfig, args)
-    result = distill(cfg)
+    result = distill(cfg, progress=not progress.no_progress)
     print(
         f"best student: {result['best_checkpoint']} (test KL {result['best_test_kl']:.4f}); "
         f"TensorBoard: tensorboard --logdir {result['run_dir']}"
@@ -108,27 +178,28 @@ def cmd_distill(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
-def cmd_evaluate(args: argparse.Namespace) -> dict[str, Any]:
+def cmd_evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
     from agents.loading import load_teacher
     from policy_distill.evaluation import evaluate_policy
     from policy_distill.student import load_student
 
-    _check_positive(episodes=args.episodes)
-    student = load_student(args.checkpoint)
+    student = load_student(cfg.checkpoint)
     settings = student.settings
-    result = {"checkpoint": args.checkpoint, "game": settings.game}
-    s = evaluate_policy(student, settings, args.episodes, seed=args.seed, greedy=args.greedy)
+    teacher = None
+    if not cfg.no_teacher:  # loaded before any game is played, so a bad teacher wastes none
+        teacher_ref = cfg.teacher or student.record.get("teacher", {}).get("path") or settings.game
+        teacher = load_teacher(teacher_ref, game=settings.game, settings=settings)
+    result: dict[str, Any] = {"checkpoint": cfg.checkpoint, "game": settings.game}
+    s = evaluate_policy(student, settings, cfg.episodes, seed=cfg.seed, greedy=cfg.greedy)
     print(
-        f"student {args.checkpoint}: {s.mean:.2f} +- {s.std:.2f} over {args.episodes} games "
+        f"student {cfg.checkpoint}: {s.mean:.2f} +- {s.std:.2f} over {cfg.episodes} games "
         f"(human-normalised {s.human_normalized:.3f})"
     )
     result["student"] = s.summary()
-    if not args.no_teacher:
-        teacher_ref = args.teacher or student.record.get("teacher", {}).get("path") or settings.game
-        teacher = load_teacher(teacher_ref, game=settings.game, settings=settings)
-        t = evaluate_policy(teacher, settings, args.episodes, seed=args.seed, greedy=args.greedy)
+    if teacher is not None:
+        t = evaluate_policy(teacher, settings, cfg.episodes, seed=cfg.seed, greedy=cfg.greedy)
         print(
-            f"teacher {teacher.source.name}: {t.mean:.2f} +- {t.std:.2f} over {args.episodes} games "
+            f"teacher {teacher.source.name}: {t.mean:.2f} +- {t.std:.2f} over {cfg.episodes} games "
             f"(human-normalised {t.human_normalized:.3f})"
         )
         result["teacher"] = t.summary()
@@ -138,11 +209,10 @@ def cmd_evaluate(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
-def cmd_reproduce(args: argparse.Namespace) -> dict[str, Any]:
-    from policy_distill.config_args import config_from_args
-    from policy_distill.sweep import SweepConfig, reproduce
+def cmd_reproduce(cfg: Any) -> dict[str, Any]:
+    from policy_distill.experiments.sweep import reproduce
 
-    result = reproduce(config_from_args(SweepConfig, args))
+    result = reproduce(cfg)
     print(
         f"{result['ran']} run(s) finished, {result['skipped']} cell(s) already in {result['results']}; "
         f"report: python -m policy_distill report --results {result['results']}"
@@ -150,118 +220,129 @@ def cmd_reproduce(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
-def cmd_report(args: argparse.Namespace) -> dict[str, Any]:
-    from policy_distill.config_args import config_from_args
-    from policy_distill.report import ReportConfig, make_report
+def cmd_report(cfg: Any) -> dict[str, Any]:
+    from policy_distill.experiments.report import make_report
 
-    return make_report(config_from_args(ReportConfig, args))
-
-
-def _check_positive(**values: int) -> None:
-    for name, value in values.items():
-        if value is not None and value < 1:
-            raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+    return make_report(cfg)
 
 
-def _config_command(
-    sub: Any, name: str, help: str, config_cls: type, func: Callable[[argparse.Namespace], dict[str, Any]]
-) -> None:
-    """A subcommand whose options are exactly a config dataclass's fields, plus ``--json``."""
-    from policy_distill.config_args import add_config_arguments
+@dataclass(frozen=True)
+class Command:
+    """One subcommand: its config dataclasses (flags from their fields) and what runs it."""
 
-    p = sub.add_parser(name, help=help)
-    add_config_arguments(p, config_cls)
-    p.add_argument("--json", action="store_true", help="print the result as JSON on the last line")
-    p.set_defaults(func=func)
+    name: str
+    help: str
+    configs: Callable[[], tuple[type, ...]]
+    """Returns the config classes, imported only when the parser is built."""
+    run: Callable[..., dict[str, Any]]
+    """Called with one instance of each config class, in order; returns the JSON result."""
+    required: tuple[str, ...] = ()
+    """Fields required on the command line although the library gives them a default."""
+
+
+def _ppo_configs() -> tuple[type, ...]:
+    from agents.ppo import PPOConfig, TeacherRun
+
+    return PPOConfig, TeacherRun
+
+
+def _export_configs() -> tuple[type, ...]:
+    from agents.ppo import ExportTeacherConfig
+
+    return (ExportTeacherConfig,)
+
+
+def _collect_configs() -> tuple[type, ...]:
+    from policy_distill.collect import CollectConfig
+
+    return CollectTarget, CollectConfig, Progress
+
+
+def _distill_configs() -> tuple[type, ...]:
+    from policy_distill.distill import DistillConfig
+
+    return DistillConfig, Progress
+
+
+def _sweep_configs() -> tuple[type, ...]:
+    from policy_distill.experiments.sweep import SweepConfig
+
+    return (SweepConfig,)
+
+
+def _report_configs() -> tuple[type, ...]:
+    from policy_distill.experiments.report import ReportConfig
+
+    return (ReportConfig,)
+
+
+COMMANDS = (
+    Command(
+        "train-teacher",
+        "train a PPO teacher on one game (resumable)",
+        _ppo_configs,
+        cmd_train_teacher,
+        ("game",),
+    ),
+    Command(
+        "export-teacher",
+        "write a training run's policy as a teacher checkpoint + model card",
+        _export_configs,
+        cmd_export_teacher,
+    ),
+    Command(
+        "evaluate-teacher",
+        "play a teacher and print its raw score",
+        lambda: (EvaluateTeacherConfig,),
+        cmd_evaluate_teacher,
+    ),
+    Command("collect", "record a teacher playing into data/<game>/", _collect_configs, cmd_collect),
+    Command("distill", "distil a student from a teacher's recorded play", _distill_configs, cmd_distill),
+    Command(
+        "evaluate",
+        "play a student checkpoint (and its teacher) and print raw scores",
+        lambda: (EvaluateConfig,),
+        cmd_evaluate,
+    ),
+    Command(
+        "reproduce",
+        "the paper's Figure 4 sweep: games x fractions x {kl, sobolev} x seeds, resumable",
+        _sweep_configs,
+        cmd_reproduce,
+    ),
+    Command(
+        "report",
+        "write docs/reproduce/README.md and figures from reproduce's results",
+        _report_configs,
+        cmd_report,
+    ),
+)
+
+
+def _run_command(command: Command, args: argparse.Namespace) -> dict[str, Any]:
+    """Build the command's configs from the parsed flags (validating them) and run it."""
+    return command.run(*(config_from_args(cls, args) for cls in command.configs()))
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from agents.ppo import PPOConfig
-    from policy_distill.collect import CollectConfig
-    from policy_distill.config_args import add_config_arguments
-    from policy_distill.distill import DistillConfig
-
     parser = _Parser(prog="policy_distill", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    for command in COMMANDS:
+        p = sub.add_parser(command.name, help=command.help)
+        for cls in command.configs():
+            add_config_arguments(p, cls, required=command.required)
+        p.add_argument("--json", action="store_true", help="print the result as JSON on the last line")
+        p.set_defaults(
+            func=lambda args, command=command: _run_command(command, args),
+            fields={f.name for cls in command.configs() for f in dataclasses.fields(cls)},
+        )
 
-    p = sub.add_parser("train-teacher", help="train a PPO teacher on one game")
-    add_config_arguments(p, PPOConfig, skip=("game",))
-    p.add_argument("--game", required=True, help="pong, breakout or space_invaders")
-    p.add_argument("--out", help="run directory (default runs/teachers/<game>); resumes if present")
-    p.add_argument("--init-from", help="teacher checkpoint to continue from when the run directory is new")
-    p.add_argument("--json", action="store_true", help="print the result as JSON on the last line")
-    p.set_defaults(func=cmd_train_teacher)
-
-    p = sub.add_parser("export-teacher", help="write a training run's policy as a teacher checkpoint")
-    p.add_argument("--run", required=True, help="train-teacher output directory")
-    p.add_argument("--out", required=True, help="destination, e.g. agents/pretrained/pong.pt")
-    p.add_argument("--float32", action="store_true", help="keep float32 weights (default float16)")
-    p.add_argument(
-        "--card-episodes",
-        type=int,
-        default=20,
-        help="evaluate this many games and write the model card beside the weights (0: no card)",
-    )
-    p.add_argument("--seed", type=int, default=1000, help="evaluation seed for the model card")
-    p.add_argument("--json", action="store_true", help="print the result as JSON on the last line")
-    p.set_defaults(func=cmd_export_teacher)
-
-    p = sub.add_parser("evaluate-teacher", help="play a teacher and print its raw score")
-    p.add_argument("--teacher", default="pong", help="shipped name (pong) or checkpoint path")
-    p.add_argument("--game", help="check that the teacher plays this game")
-    p.add_argument("--episodes", type=int, default=20, help="games to play (default 20)")
-    p.add_argument("--seed", type=int, default=1000, help="evaluation seed (default 1000)")
-    p.add_argument("--greedy", action="store_true", help="argmax actions instead of sampling")
-    p.add_argument("--json", action="store_true", help="print the result as JSON on the last line")
-    p.set_defaults(func=cmd_evaluate_teacher)
-
-    p = sub.add_parser("collect", help="record a teacher playing into data/<game>/")
-    p.add_argument("--game", required=True, help="pong, breakout or space_invaders")
-    p.add_argument("--teacher", help="shipped name or checkpoint path (default: the game's shipped teacher)")
-    add_config_arguments(p, CollectConfig)
-    p.add_argument("--out", help="dataset directory (default data/<game>)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing dataset")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--json", action="store_true", help="print the result as JSON on the last line")
-    p.set_defaults(func=cmd_collect)
-
-    _config_command(
-        sub, "distill", "distil a student from a teacher's recorded play", DistillConfig, cmd_distill
-    )
-
-    p = sub.add_parser("evaluate", help="play a student checkpoint (and its teacher) and print raw scores")
-    p.add_argument("--checkpoint", required=True, help="student checkpoint (runs/<game>/<run>/best.pt)")
-    p.add_argument("--episodes", type=int, default=10, help="games to play (default 10)")
-    p.add_argument("--seed", type=int, default=1000, help="evaluation seed (default 1000)")
-    p.add_argument("--greedy", action="store_true", help="argmax actions instead of sampling")
-    p.add_argument(
-        "--teacher", help="teacher to compare with (default: the one the student was distilled from)"
-    )
-    p.add_argument("--no-teacher", action="store_true", help="do not play the teacher")
-    p.add_argument("--json", action="store_true", help="print the result as JSON on the last line")
-    p.set_defaults(func=cmd_evaluate)
-
-    from policy_distill.report import ReportConfig
-    from policy_distill.sweep import SweepConfig
-
-    _config_command(
-        sub,
-        "reproduce",
-        "the paper's Figure 4 sweep: games x fractions x {kl, sobolev} x seeds, resumable",
-        SweepConfig,
-        cmd_reproduce,
-    )
-    _config_command(
-        sub,
-        "report",
-        "write docs/reproduce/README.md and figures from reproduce's results",
-        ReportConfig,
-        cmd_report,
-    )
-
-    from policy_distill.regression.benchmark import register as register_regression
+    from policy_distill.experiments.regression.benchmark import register as register_regression
 
     register_regression(sub)
+    from policy_distill.export import register as register_export_student
+
+    register_export_student(sub)
     return parser
 
 
@@ -271,11 +352,18 @@ def main(argv: list[str] | None = None) -> int:
     func: Callable[[argparse.Namespace], dict[str, Any]] = args.func
     try:
         result = func(args)
+    except ConfigError as e:
+        print(f"error: {e.render(flag)}", file=sys.stderr)
+        return 2
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+        # Library messages name arguments in backticks (`overwrite`); spell this command's as flags.
+        fields = getattr(args, "fields", set())
+        message = re.sub(r"`([a-z_]+)`", lambda m: f"`{flag(m[1])}`" if m[1] in fields else m[0], str(e))
+        print(f"error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted; run the same command again to resume", file=sys.stderr)
         return 130
-    _emit(result, getattr(args, "json", False))
+    if getattr(args, "json", False):
+        print(json.dumps(result, sort_keys=True))
     return 0

@@ -15,10 +15,7 @@ shift of the previous one, a new segment with its full stack starts, so rebuildi
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -29,12 +26,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from agents.loading import Teacher
-from policy_distill.checkpoint import atomic_write_json, package_versions, sha256_file
-from policy_distill.dataset import ARRAY_FILES, DATASET_FORMAT_VERSION
+from policy_distill.checkpoint import package_versions
+from policy_distill.dataset import write_dataset
 from policy_distill.envs import GameTracker, make_vector_env
-from policy_distill.errors import UserError
-from policy_distill.policy import to_float
+from policy_distill.errors import UserError, at_least, check_fields, within
+from policy_distill.policy import TeacherPolicy, to_float
 from policy_distill.settings import EnvSettings
 
 
@@ -50,6 +46,17 @@ class CollectConfig:
     """Games run in parallel."""
     batch_size: int = 8
     """Games the teacher acts for per step; the rest step meanwhile (async)."""
+
+    def __post_init__(self) -> None:
+        check_fields(
+            "collection settings",
+            [
+                at_least(self, "frames", 1),
+                at_least(self, "seed", 0),
+                at_least(self, "num_envs", 1),
+                within(self, "batch_size", 1, max(self.num_envs, 1)),
+            ],
+        )
 
 
 class _Stream:
@@ -87,7 +94,7 @@ class _Stream:
         return len(self.rewards) < len(self.actions)
 
 
-def _dataset_args(teacher: Teacher, settings: EnvSettings, cfg: CollectConfig) -> dict[str, Any]:
+def _dataset_args(teacher: TeacherPolicy, settings: EnvSettings, cfg: CollectConfig) -> dict[str, Any]:
     """The arguments that define a dataset; a dataset with other values is never reused."""
     return {
         "game": settings.game,
@@ -107,7 +114,7 @@ def existing_dataset_matches(out_dir: Path, expected: dict[str, Any]) -> bool:
     meta_path = out_dir / "meta.json"
     if not meta_path.exists():
         if out_dir.exists() and any(out_dir.iterdir()):
-            raise UserError(f"{out_dir} exists but holds no meta.json; remove it or pass --overwrite")
+            raise UserError(f"{out_dir} exists but holds no meta.json; remove it or pass `overwrite`")
         return False
     meta = json.loads(meta_path.read_text())
     found = {k: meta.get("collect_args", {}).get(k) for k in expected}
@@ -116,14 +123,14 @@ def existing_dataset_matches(out_dir: Path, expected: dict[str, Any]) -> bool:
         diff_text = "; ".join(d if len(d) < 120 else d[:117] + "..." for d in diffs)
         raise UserError(
             f"{out_dir} holds a dataset made with other arguments ({diff_text}); "
-            "pass --overwrite to replace it or --out for another directory"
+            "pass `overwrite` to replace it, or another `out` directory"
         )
     return True
 
 
 @torch.no_grad()
 def collect(
-    teacher: Teacher,
+    teacher: TeacherPolicy,
     cfg: CollectConfig,
     out_dir: str | Path,
     *,
@@ -143,10 +150,6 @@ def collect(
         meta = json.loads((out_dir / "meta.json").read_text())
         print(f"reusing the complete dataset in {out_dir} ({meta['frames']:,} frames)")
         return meta
-    if cfg.frames < 1:
-        raise UserError(f"--frames must be positive, got {cfg.frames}")
-    if cfg.batch_size > cfg.num_envs or cfg.batch_size < 1:
-        raise UserError(f"--batch-size {cfg.batch_size} must be between 1 and --num-envs {cfg.num_envs}")
 
     torch.manual_seed(cfg.seed)
     generator = torch.Generator().manual_seed(cfg.seed)
@@ -227,12 +230,12 @@ def _write(
     out_dir: Path,
     episodes: list[tuple[_Stream, bool, float]],
     settings: EnvSettings,
-    teacher: Teacher,
+    teacher: TeacherPolicy,
     cfg: CollectConfig,
     collect_args: dict[str, Any],
     wall: float,
 ) -> dict[str, Any]:
-    """Lay the episodes out contiguously, in order of their start, and write atomically."""
+    """Lay the episodes out contiguously, in order of their start, and write them as a dataset."""
     episodes.sort(key=lambda ep: ep[0].start_step)
     frames, frame_index, log_probs, actions, rewards = [], [], [], [], []
     episode_starts, complete, scores = [0], [], []
@@ -257,12 +260,9 @@ def _write(
         "episode_starts": np.asarray(episode_starts, dtype=np.int64),
         "episode_complete": np.asarray(complete, dtype=bool),
     }
-    assert set(arrays) == set(ARRAY_FILES)
     n = len(arrays["actions"])
     complete_scores = [s for s, c in zip(scores, complete) if c]
     meta = {
-        "format": "policy-distill/dataset",
-        "format_version": DATASET_FORMAT_VERSION,
         "game": settings.game,
         "num_actions": settings.num_actions,
         "settings": settings.to_dict(),
@@ -286,23 +286,4 @@ def _write(
         "versions": package_versions(),
         "created_unix": int(time.time()),
     }
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        digest = hashlib.sha256()
-        for name, array in arrays.items():
-            np.save(tmp / f"{name}.npy", array)
-            digest.update(bytes.fromhex(sha256_file(tmp / f"{name}.npy")))
-        meta["content_sha256"] = digest.hexdigest()  # students record which data they saw
-        atomic_write_json(tmp / "meta.json", meta)
-        old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
-        if out_dir.exists():
-            out_dir.rename(old)
-        tmp.rename(out_dir)
-        shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return meta
+    return write_dataset(out_dir, arrays, meta)

@@ -1,7 +1,11 @@
-"""Turn a config dataclass into argparse options, with each field's docstring as its help.
+"""Turn config dataclasses into argparse options, with each field's docstring as its help.
 
-Config classes document every field with a string literal right under it (CleanRL's style);
-this module reads those strings from the source so the help text and the code cannot drift.
+The convention for every command: its settings are frozen dataclasses that validate themselves
+in ``__post_init__`` with messages in field terms (:class:`policy_distill.errors.ConfigError`);
+this module maps their fields to flags (``learning_rate`` -> ``--learning-rate``, booleans to
+``--x/--no-x``, fields without a default to required flags) and builds them back from the parsed
+options. Config classes document every field with a string literal right under it (CleanRL's
+style); the help text is read from the source, so help and code cannot drift.
 """
 
 from __future__ import annotations
@@ -11,56 +15,86 @@ import ast
 import dataclasses
 import inspect
 import textwrap
+import types
 import typing
 from typing import Any, TypeVar
 
 T = TypeVar("T")
 
 
+def flag(field_name: str) -> str:
+    """The command-line spelling of a config field: ``learning_rate`` -> ``--learning-rate``."""
+    return "--" + field_name.replace("_", "-")
+
+
 def field_docs(cls: type) -> dict[str, str]:
-    """Map each field of a dataclass to the docstring written under it."""
-    try:
-        tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
-    except (OSError, TypeError):
-        return {}
+    """Map each field of a dataclass (and of the dataclasses it extends) to the docstring under it."""
     docs: dict[str, str] = {}
-    body = tree.body[0].body  # type: ignore[attr-defined]
-    for node, following in zip(body, body[1:]):
-        if (
-            isinstance(node, ast.AnnAssign)
-            and isinstance(node.target, ast.Name)
-            and isinstance(following, ast.Expr)
-            and isinstance(following.value, ast.Constant)
-            and isinstance(following.value.value, str)
-        ):
-            docs[node.target.id] = " ".join(following.value.value.split())
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass):
+            continue
+        try:
+            tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
+        except (OSError, TypeError):
+            continue
+        body = tree.body[0].body  # type: ignore[attr-defined]
+        for node, following in zip(body, body[1:]):
+            if (
+                isinstance(node, ast.AnnAssign)
+                and isinstance(node.target, ast.Name)
+                and isinstance(following, ast.Expr)
+                and isinstance(following.value, ast.Constant)
+                and isinstance(following.value.value, str)
+            ):
+                docs[node.target.id] = " ".join(following.value.value.split())
     return docs
 
 
-def add_config_arguments(parser: argparse.ArgumentParser, cls: type, *, skip: tuple[str, ...] = ()) -> None:
-    """Add ``--field-name`` options for every field of the dataclass ``cls``."""
+def add_config_arguments(
+    parser: argparse.ArgumentParser,
+    cls: type,
+    *,
+    skip: tuple[str, ...] = (),
+    required: tuple[str, ...] = (),
+) -> None:
+    """Add a flag for every field of the dataclass ``cls``.
+
+    Args:
+        parser: The (sub)command's parser.
+        cls: A config dataclass.
+        skip: Fields the command sets itself.
+        required: Fields that are required on the command line although they have a default.
+    """
     hints = typing.get_type_hints(cls)
     docs = field_docs(cls)
     for f in dataclasses.fields(cls):
         if f.name in skip:
             continue
-        flag = "--" + f.name.replace("_", "-")
         hint = hints[f.name]
-        default = f.default if f.default is not dataclasses.MISSING else None
+        has_default = f.default is not dataclasses.MISSING
+        default = f.default if has_default else None
+        shown = "" if not has_default or f.name in required else f" (default: {default})"
         # argparse %-formats help strings, so a literal % (as in "x%") must be doubled.
-        help_text = f"{docs.get(f.name, '')} (default: {default})".replace("%", "%%")
+        help_text = f"{docs.get(f.name, '')}{shown}".replace("%", "%%")
+        must = f.name in required or not has_default
         if hint is bool:
             parser.add_argument(
-                flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text
+                flag(f.name), dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text
             )
         else:
             base = (
                 typing.get_args(hint)[0]
-                if typing.get_origin(hint) in (typing.Union, getattr(__import__("types"), "UnionType", None))
+                if typing.get_origin(hint) in (typing.Union, types.UnionType)
                 else hint
             )
             parser.add_argument(
-                flag, dest=f.name, type=base, default=None, help=help_text, metavar=f.name.upper()
+                flag(f.name),
+                dest=f.name,
+                type=base,
+                default=None,
+                required=must,
+                help=help_text,
+                metavar=f.name.upper(),
             )
 
 

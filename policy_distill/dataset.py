@@ -1,6 +1,9 @@
-"""Read a recorded dataset and split it time-wise, as the paper does.
+"""The dataset format, in one place: its layout, writing, reading, the batch gather, the split.
 
-Layout of ``data/<game>/`` (written by :mod:`policy_distill.collect`, see ``data/README.md``):
+:mod:`policy_distill.collect` records the episodes and hands them to :func:`write_dataset`;
+distillation reads them with :func:`load_dataset` and gathers batches with :class:`FrameStore`.
+
+Layout of ``data/<game>/`` (see ``data/README.md``):
 
 ==================  ===================  ==================================================
 file                shape, dtype         meaning
@@ -20,16 +23,23 @@ Episodes are in order of their start, so "the first x% of the recording" is a pr
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
+import torch
+from torch import Tensor
 
+from policy_distill.checkpoint import atomic_write_json, sha256_file
 from policy_distill.errors import UserError
 from policy_distill.settings import EnvSettings
 
+DATASET_FORMAT = "policy-distill/dataset"
 DATASET_FORMAT_VERSION = 1
 ARRAY_FILES = (
     "frames",
@@ -40,6 +50,24 @@ ARRAY_FILES = (
     "episode_starts",
     "episode_complete",
 )
+
+
+ArrayT = TypeVar("ArrayT", np.ndarray, Tensor)
+
+
+def gather_stacks(frames: ArrayT, frame_index: ArrayT, idx: ArrayT, offsets: ArrayT) -> ArrayT:
+    """Rebuild stacked observations from the single-frame store (numpy or torch alike).
+
+    Args:
+        frames: ``[F, 84, 84] uint8`` every frame once.
+        frame_index: ``[N] int64`` first frame of each sample's stack.
+        idx: ``[B] int64`` sample indices.
+        offsets: ``[stack]`` = ``arange(stack)``, of the same library and device.
+
+    Returns:
+        ``[B, stack, 84, 84] uint8``, newest frame last.
+    """
+    return frames[frame_index[idx][:, None] + offsets]
 
 
 @dataclass(frozen=True)
@@ -79,8 +107,7 @@ class Dataset:
 
     def observations(self, idx: np.ndarray) -> np.ndarray:
         """Rebuild stacked observations: ``[B] int`` sample indices -> ``[B, 4, 84, 84] uint8``."""
-        rows = self.frame_index[np.asarray(idx)][:, None] + np.arange(self.stack)
-        return self.frames[rows]
+        return gather_stacks(self.frames, self.frame_index, np.asarray(idx), np.arange(self.stack))
 
     def episode_of(self, idx: np.ndarray) -> np.ndarray:
         """``[B]`` sample indices -> ``[B]`` episode numbers."""
@@ -99,9 +126,9 @@ class Dataset:
         boundary up to the end of the training part.
         """
         if not 0.0 < train_fraction <= 1.0:
-            raise UserError(f"--train-fraction must be in (0, 1], got {train_fraction}")
+            raise UserError(f"`train_fraction` must be in (0, 1], got {train_fraction}")
         if not 0.0 <= validation_fraction < 1.0:
-            raise UserError(f"--validation-fraction must be in [0, 1), got {validation_fraction}")
+            raise UserError(f"`validation_fraction` must be in [0, 1), got {validation_fraction}")
         n_train = max(1, int(round(train_fraction * len(self))))
         if validation_fraction == 0.0:
             return Split(
@@ -134,7 +161,7 @@ def load_dataset(path: str | Path, *, mmap: bool = True) -> Dataset:
         meta = json.loads(meta_path.read_text())
     except json.JSONDecodeError:
         raise UserError(f"{meta_path} is corrupted (not JSON); re-run collect with --overwrite") from None
-    if meta.get("format") != "policy-distill/dataset" or meta.get("format_version") != DATASET_FORMAT_VERSION:
+    if meta.get("format") != DATASET_FORMAT or meta.get("format_version") != DATASET_FORMAT_VERSION:
         raise UserError(
             f"{path} is not a policy-distill dataset of format version {DATASET_FORMAT_VERSION}; "
             "re-record it with collect --overwrite"
@@ -165,3 +192,63 @@ def load_dataset(path: str | Path, *, mmap: bool = True) -> Dataset:
             f"{path} is inconsistent with its meta.json (a partial copy?); re-run collect --overwrite"
         )
     return Dataset(path=path, meta=meta, **arrays)
+
+
+class FrameStore:
+    """A dataset's frames where the model runs: uint8 on the GPU, or in CPU memory.
+
+    A batch gathers only its own ``[B, 4, 84, 84]`` frames from the single-frame store.
+    """
+
+    def __init__(self, dataset: Dataset, device: torch.device) -> None:
+        # np.require copies only a read-only (memory-mapped) array; torch needs a writable one.
+        self.frames = torch.from_numpy(np.require(dataset.frames, requirements=["C", "W"])).to(device)
+        self.frame_index = torch.from_numpy(dataset.frame_index).to(device)
+        self.log_probs = torch.from_numpy(dataset.log_probs).to(device)
+        self.offsets = torch.arange(dataset.stack, device=device)
+
+    def batch(self, idx: Tensor) -> tuple[Tensor, Tensor]:
+        """``[B] int64`` sample indices -> (``[B, 4, 84, 84] float`` in [0, 1], ``[B, A]`` teacher logp)."""
+        stacks = gather_stacks(self.frames, self.frame_index, idx, self.offsets)
+        return stacks.float().div_(255.0), self.log_probs[idx]
+
+
+def write_dataset(out_dir: str | Path, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> dict[str, Any]:
+    """Write a dataset atomically: into a temporary directory beside ``out_dir``, renamed at the end.
+
+    An interrupted write never leaves a directory that looks complete, and a dataset already in
+    ``out_dir`` is replaced only once the new one is whole.
+
+    Args:
+        out_dir: The dataset directory (``data/<game>``).
+        arrays: One array per name in :data:`ARRAY_FILES`, shaped as in the module's table.
+        meta: The metadata (settings, teacher, counts, ...); the format tag, its version and
+            ``content_sha256`` (over the array files, recorded by every student) are added.
+
+    Returns:
+        The metadata as written.
+    """
+    if set(arrays) != set(ARRAY_FILES):
+        raise ValueError(f"dataset arrays must be exactly {ARRAY_FILES}, got {sorted(arrays)}")
+    out_dir = Path(out_dir)
+    meta = {"format": DATASET_FORMAT, "format_version": DATASET_FORMAT_VERSION, **meta}
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        digest = hashlib.sha256()
+        for name in ARRAY_FILES:
+            np.save(tmp / f"{name}.npy", arrays[name])
+            digest.update(bytes.fromhex(sha256_file(tmp / f"{name}.npy")))
+        meta["content_sha256"] = digest.hexdigest()
+        atomic_write_json(tmp / "meta.json", meta)
+        old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
+        if out_dir.exists():
+            out_dir.rename(old)
+        tmp.rename(out_dir)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return meta

@@ -1,11 +1,13 @@
 """The distillation loop: ``policy_distill distill`` / ``make distill GAME=pong``.
 
-Reads top to bottom: load the teacher and the dataset (recording one if none is there), put
-the frames where the model runs, then repeat: sample a batch of 200 training frames, compute
-KL (+ alpha * the stochastic Sobolev term), step Adam; every ``eval_every`` steps measure the
-held-out metrics, log them, and write ``latest.pt`` (and ``best.pt`` by held-out KL).
-Run the same command again after an interruption and it resumes from ``latest.pt``.
+:func:`distill` reads top to bottom: load the teacher and the dataset (recording one if none is
+there), put the frames where the model runs, resume from ``latest.pt`` if the run exists, then
+repeat: sample a batch of 200 training frames and take one :func:`train_step` (KL + alpha * the
+stochastic Sobolev term, Adam); every ``eval_every`` steps the :class:`HeldOutEvaluator` measures
+the held-out metrics, they are logged, and ``latest.pt`` (and ``best.pt`` by held-out KL) are
+written. Run the same command again after an interruption and it resumes.
 
+:func:`train_step` is the one training step: the throughput benchmark and the tests call it too.
 The Sobolev term needs a double backward, which ``torch.compile`` does not support, so the
 whole step runs eagerly.
 """
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,8 +27,9 @@ import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
 
-from agents.loading import Teacher, load_teacher
+from agents.loading import load_teacher
 from policy_distill.checkpoint import (
     atomic_torch_save,
     hardware_description,
@@ -34,17 +38,35 @@ from policy_distill.checkpoint import (
     safe_torch_load,
 )
 from policy_distill.collect import CollectConfig, collect
-from policy_distill.dataset import Dataset, load_dataset
-from policy_distill.devices import autocast, pick_device
-from policy_distill.errors import UserError
-from policy_distill.losses import distillation_loss, input_jacobian
+from policy_distill.dataset import Dataset, FrameStore, load_dataset
+from policy_distill.devices import autocast, cpu_capability, pick_device, resolve_precision
+from policy_distill.errors import UserError, at_least, check_fields, one_of, within
+from policy_distill.losses import DistillLoss, LogProbFn, distillation_loss, input_jacobian
 from policy_distill.metrics import gradient_fidelity, gradient_maps, policy_metrics
-from policy_distill.settings import PRECISIONS, game_info
+from policy_distill.policy import TeacherPolicy
+from policy_distill.settings import PRECISION_CHOICES, game_info
 from policy_distill.student import STUDENT_FORMAT, StudentArch, StudentNet, student_record
 
 
 @dataclass(frozen=True)
-class DistillConfig:
+class TrainingSchedule:
+    """Batch size, evaluation schedule and device: one distillation run's, and every run's of a
+    sweep (:class:`policy_distill.experiments.sweep.SweepConfig` extends this too)."""
+
+    batch_size: int = 200
+    """Frames per step (the paper's 200)."""
+    eval_every: int = 500
+    """Steps between held-out evaluations and checkpoints."""
+    eval_frames: int = 10_000
+    """Test frames used for action error and KL (evenly spaced over the test split)."""
+    fidelity_frames: int = 128
+    """Fixed test frames for gradient fidelity (full Jacobians of both networks)."""
+    device: str = "auto"
+    """auto (CUDA when present), cpu or cuda."""
+
+
+@dataclass(frozen=True)
+class DistillConfig(TrainingSchedule):
     """One distillation run. Defaults: the paper's student, Adam, batch 200, KL + Sobolev."""
 
     game: str = "pong"
@@ -62,8 +84,6 @@ class DistillConfig:
     for choosing hyperparameters; 0 evaluates on the test part."""
     steps: int = 3_000
     """Optimiser steps (3,000 x 200 frames: ~6.7 passes over a 90K-frame training split)."""
-    batch_size: int = 200
-    """Frames per step (the paper's 200)."""
     learning_rate: float = 1e-3
     """Adam step size (the paper tuned it per game in [1e-5, 1e-3]; 1e-3 won on Pong's
     validation split, see docs/tuning/pong.md)."""
@@ -79,23 +99,17 @@ class DistillConfig:
     """student_teacher = KL(pi || pi*) (the paper's) or teacher_student."""
     temperature: float = 1.0
     """Softens both policies before the KL (1 = none)."""
-    precision: str = "fp32"
-    """fp32, or bf16: the training step (both networks' forwards and input-gradients) under bf16
-    autocast. Per step on one AVX-512-bf16 CPU core 1.5x faster for KL + Sobolev and 2.0x for KL
-    alone (benchmarks/distill_throughput.py, docs/reproduce/precision.md); the held-out metrics are
-    computed in float32 either way."""
-    eval_every: int = 500
-    """Steps between held-out evaluations and checkpoints."""
-    eval_frames: int = 10_000
-    """Test frames used for action error and KL (evenly spaced over the test split)."""
-    fidelity_frames: int = 128
-    """Fixed test frames for gradient fidelity (full Jacobians of both networks)."""
+    precision: str = "auto"
+    """auto, fp32 or bf16: bf16 runs the training step (both networks' forwards and
+    input-gradients) under bf16 autocast. auto picks bf16 only where the hardware does bf16
+    natively (a CUDA GPU with bf16, a CPU with AVX-512-bf16 or AMX): there it measured 1.5x faster
+    for KL + Sobolev and 2.0x for KL alone per step, while on an AVX2-only CPU bf16 is ~10x slower
+    than fp32 (benchmarks/distill_throughput.py, docs/reproduce/precision.md). The held-out
+    metrics are computed in float32 either way."""
     test_data: str = ""
     """Separate held-out dataset, e.g. for train_fraction 1.0 (default: the split's test part)."""
     seed: int = 0
     """Seed of the student's initialisation, batch order and directions v."""
-    device: str = "auto"
-    """auto (CUDA when present), cpu or cuda."""
     run: str = ""
     """Run name under runs/<game>/ (default: derived from method, fraction and seed)."""
     runs_dir: str = "runs"
@@ -103,33 +117,36 @@ class DistillConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "game", game_info(self.game).name)
-        problems = []
-        if self.grad_norm not in ("l2", "squared_l2", "l1"):
-            problems.append(f"--grad-norm {self.grad_norm!r} (use l2, squared_l2 or l1)")
-        if self.kl_direction not in ("student_teacher", "teacher_student"):
-            problems.append(f"--kl-direction {self.kl_direction!r} (use student_teacher or teacher_student)")
-        if self.alpha < 0 or not math.isfinite(self.alpha):
-            problems.append(f"--alpha {self.alpha} (must be >= 0)")
-        for name in (
-            "steps",
-            "batch_size",
-            "eval_every",
-            "num_projections",
-            "eval_frames",
-            "fidelity_frames",
-        ):
-            if getattr(self, name) < 1:
-                problems.append(f"--{name.replace('_', '-')} {getattr(self, name)} (must be >= 1)")
-        if not 0 < self.learning_rate < 1:
-            problems.append(f"--learning-rate {self.learning_rate} (must be in (0, 1))")
-        if self.precision not in PRECISIONS:
-            problems.append(f"--precision {self.precision!r} (use fp32 or bf16)")
-        if self.temperature <= 0:
-            problems.append(f"--temperature {self.temperature} (must be > 0)")
-        if self.validation_fraction and self.test_data:
-            problems.append("--validation-fraction with --test-data (validation is carved from training)")
-        if problems:
-            raise UserError("invalid settings: " + "; ".join(problems))
+        check_fields(
+            "distillation settings",
+            [
+                one_of(self, "grad_norm", ("l2", "squared_l2", "l1")),
+                one_of(self, "kl_direction", ("student_teacher", "teacher_student")),
+                at_least(self, "alpha", 0),
+                *(
+                    at_least(self, name, 1)
+                    for name in (
+                        "steps",
+                        "batch_size",
+                        "eval_every",
+                        "num_projections",
+                        "eval_frames",
+                        "fidelity_frames",
+                    )
+                ),
+                within(self, "learning_rate", 0, 1, open_low=True, open_high=True),
+                one_of(self, "precision", PRECISION_CHOICES),
+                within(self, "temperature", 0, math.inf, open_low=True, open_high=True),
+                within(self, "train_fraction", 0, 1, open_low=True),
+                within(self, "validation_fraction", 0, 1, open_high=True),
+                (
+                    "validation_fraction",
+                    "cannot be combined with test_data (validation is carved from training)",
+                )
+                if self.validation_fraction and self.test_data
+                else None,
+            ],
+        )
 
     @property
     def method(self) -> str:
@@ -138,13 +155,19 @@ class DistillConfig:
     @property
     def run_dir(self) -> Path:
         val = f"-val{self.validation_fraction:g}" if self.validation_fraction else ""
-        precision = "-bf16" if self.precision == "bf16" else ""  # its own directory: not resumable in fp32
+        # A bf16 run gets its own directory: it is not resumable in fp32.
+        precision = "-bf16" if self.resolved_precision() == "bf16" else ""
         name = self.run or f"{self.method}-frac{self.train_fraction:g}{val}-seed{self.seed}{precision}"
         return Path(self.runs_dir) / self.game / name
+
+    def resolved_precision(self) -> str:
+        """fp32 or bf16: ``precision`` with ``auto`` resolved for this machine's device."""
+        return resolve_precision(self.precision, pick_device(self.device))
 
     def resume_key(self) -> dict[str, Any]:
         """Fields that must be equal to resume a run (device, paths and the step budget may change)."""
         record = dataclasses.asdict(self)
+        record["precision"] = self.resolved_precision()
         for name in ("device", "runs_dir", "run", "data", "test_data", "teacher", "steps"):
             record.pop(name)
         return record
@@ -159,26 +182,7 @@ def _upgraded_resume_key(saved: dict[str, Any]) -> dict[str, Any]:
     return saved
 
 
-class FrameStore:
-    """The dataset's frames where the model runs: uint8 on the GPU, or in CPU memory.
-
-    A batch gathers only its own ``[B, 4, 84, 84]`` frames from the single-frame store.
-    """
-
-    def __init__(self, dataset: Dataset, device: torch.device) -> None:
-        # np.require copies only a read-only (memory-mapped) array; torch needs a writable one.
-        self.frames = torch.from_numpy(np.require(dataset.frames, requirements=["C", "W"])).to(device)
-        self.frame_index = torch.from_numpy(dataset.frame_index).to(device)
-        self.log_probs = torch.from_numpy(dataset.log_probs).to(device)
-        self.offsets = torch.arange(dataset.stack, device=device)
-
-    def batch(self, idx: Tensor) -> tuple[Tensor, Tensor]:
-        """``[B] int64`` sample indices -> (``[B, 4, 84, 84] float`` in [0, 1], ``[B, A]`` teacher logp)."""
-        rows = self.frame_index[idx][:, None] + self.offsets
-        return self.frames[rows].float().div_(255.0), self.log_probs[idx]
-
-
-def _prepare_data(cfg: DistillConfig, teacher: Teacher) -> Dataset:
+def _prepare_data(cfg: DistillConfig, teacher: TeacherPolicy) -> Dataset:
     """Open the dataset, recording it first when it is missing, and check it fits the teacher."""
     data_dir = Path(cfg.data or f"data/{cfg.game}")
     if not (data_dir / "meta.json").exists():
@@ -188,21 +192,218 @@ def _prepare_data(cfg: DistillConfig, teacher: Teacher) -> Dataset:
     if dataset.meta["game"] != cfg.game:
         raise UserError(
             f"{data_dir} holds {dataset.meta['game']} frames, not {cfg.game}; "
-            f"pass --data for a {cfg.game} dataset"
+            f"pass `data` for a {cfg.game} dataset"
         )
     dataset.settings.check_matches(teacher.settings, mine="dataset", theirs="teacher")
     if dataset.meta["teacher"]["sha256"] != teacher.source.sha256:
         raise UserError(
             f"{data_dir} was recorded by another teacher ({dataset.meta['teacher']['name']}, "
             f"sha256 {dataset.meta['teacher']['sha256'][:12]}); "
-            "pass that --teacher or re-record with collect --overwrite"
+            "pass that `teacher`, or record the dataset again (collect with overwrite)"
         )
     return dataset
 
 
-def distill(cfg: DistillConfig) -> dict[str, Any]:
-    """Run (or resume) one distillation; returns the final and best held-out metrics."""
+def train_step(
+    student: StudentNet,
+    optimizer: torch.optim.Optimizer,
+    x: Tensor,
+    teacher_logp: Tensor,
+    teacher: LogProbFn,
+    cfg: DistillConfig,
+    generator: torch.Generator,
+    *,
+    bf16: bool = False,
+) -> DistillLoss:
+    """One optimiser step of distillation: the loss of one batch, its backward, Adam.
+
+    Args:
+        student: The student in training mode.
+        optimizer: Over the student's parameters.
+        x: ``[B, 4, 84, 84] float`` in [0, 1], the batch's observations.
+        teacher_logp: ``[B, A]`` the teacher's stored log-probabilities of those frames.
+        teacher: The frozen teacher's ``log_probs`` (used when ``cfg.alpha > 0``).
+        cfg: The loss settings (alpha, num_projections, grad_norm, kl_direction, temperature).
+        generator: Draws the Sobolev directions v.
+        bf16: Run the loss under bf16 autocast (see ``DistillConfig.precision``).
+
+    Returns:
+        The loss terms (``total`` is checked for finiteness by the caller).
+    """
+    # The backward stays outside autocast (it runs in the forward's dtypes anyway).
+    with autocast(x.device, enabled=bf16):
+        loss = distillation_loss(
+            student.log_probs,
+            x,
+            teacher_logp,
+            teacher=teacher,
+            alpha=cfg.alpha,
+            num_projections=cfg.num_projections,
+            norm=cfg.grad_norm,  # type: ignore[arg-type]
+            kl_direction=cfg.kl_direction,  # type: ignore[arg-type]
+            temperature=cfg.temperature,
+            generator=generator,
+        )
+    if torch.isfinite(loss.total):
+        optimizer.zero_grad(set_to_none=True)
+        # Only the parameters: the Sobolev input x requires grad, and its gradient is not used.
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        torch.autograd.backward(loss.total, inputs=params)
+        optimizer.step()
+    return loss
+
+
+class HeldOutEvaluator:
+    """Held-out metrics of a student on fixed frames of the test (or validation) split.
+
+    Action error and KL over up to ``eval_frames`` evenly spaced held-out frames; gradient
+    fidelity on ``fidelity_frames`` of them, against the teacher's full input Jacobian computed
+    once here; and an image of the gradient maps of the first four of those frames.
+    """
+
+    def __init__(
+        self,
+        store: FrameStore,
+        test_idx: np.ndarray,
+        teacher: LogProbFn,
+        cfg: DistillConfig,
+        device: torch.device,
+    ) -> None:
+        spaced = np.linspace(0, len(test_idx) - 1, min(cfg.eval_frames, len(test_idx))).astype(np.int64)
+        self.store = store
+        self.eval_idx = torch.from_numpy(test_idx[spaced]).to(device)
+        fid_pick = torch.linspace(0, len(self.eval_idx) - 1, min(cfg.fidelity_frames, len(self.eval_idx)))
+        self.fid_x, self.fid_teacher_logp = store.batch(self.eval_idx[fid_pick.long()])
+        self.fid_teacher_jac = torch.cat(  # [A, F, 4, 84, 84], in chunks to bound memory
+            [
+                input_jacobian(teacher, self.fid_x[i : i + 32], create_graph=False)[1]
+                for i in range(0, len(self.fid_x), 32)
+            ],
+            dim=1,
+        )
+
+    def _batches(self) -> Iterator[tuple[Tensor, Tensor]]:
+        # Lazily: 10K float frames at once would be 1.1 GB.
+        return (self.store.batch(self.eval_idx[i : i + 1000]) for i in range(0, len(self.eval_idx), 1000))
+
+    def metrics(self, student: StudentNet) -> dict[str, float]:
+        """``action_error``, ``kl``, ``grad_cosine``, ``grad_rel_l2`` of ``student`` (float32)."""
+        was_training = student.training
+        student.eval()
+        metrics = policy_metrics(student.log_probs, self._batches)
+        metrics.update(gradient_fidelity(student.log_probs, self.fid_x, self.fid_teacher_jac))
+        student.train(was_training)
+        return metrics
+
+    def gradient_image(self, student: StudentNet) -> Tensor:
+        """``[3, H, W]`` image: per row a frame, the teacher's and the student's gradient maps."""
+        _, student_jac = input_jacobian(student.log_probs, self.fid_x[:4], create_graph=False)
+        return gradient_maps(
+            self.fid_x[:4].cpu(),
+            self.fid_teacher_jac[:, :4].cpu(),
+            student_jac.cpu(),
+            self.fid_teacher_logp[:4].cpu(),
+        )
+
+
+@dataclass
+class RunState:
+    """Where a run stands: restored from ``latest.pt`` on resume, written at every evaluation."""
+
+    step: int = 0
+    best_kl: float = math.inf
+    history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        """The latest held-out metrics ({} before the first evaluation)."""
+        return self.history[-1]["metrics"] if self.history else {}
+
+
+def _resume(
+    cfg: DistillConfig,
+    student: StudentNet,
+    optimizer: torch.optim.Optimizer,
+    generator: torch.Generator,
+    dataset: Dataset,
+    teacher: TeacherPolicy,
+) -> RunState:
+    """Restore student, optimizer and generator from the run's ``latest.pt`` if there is one.
+
+    Raises:
+        UserError: the run directory holds a run with other settings, data or teacher.
+    """
+    latest_path = cfg.run_dir / "latest.pt"
+    if not latest_path.exists():
+        return RunState()
+    state = require_format(
+        safe_torch_load(latest_path, what="student checkpoint"),
+        STUDENT_FORMAT,
+        latest_path,
+        what="student checkpoint",
+    )
+    saved_key, key = _upgraded_resume_key(state["resume_key"]), cfg.resume_key()
+    if saved_key != key:
+        differ = [
+            f"{k} {saved_key.get(k)!r} -> {key.get(k)!r}" for k in key if saved_key.get(k) != key.get(k)
+        ]
+        raise UserError(
+            f"{cfg.run_dir} holds a run with other settings ({', '.join(differ)}); use the same "
+            "arguments to resume, or another run name for a new run"
+        )
+    stored = (state["dataset"].get("content_sha256"), state["teacher"]["sha256"])
+    if stored != (dataset.meta.get("content_sha256"), teacher.source.sha256):
+        raise UserError(
+            f"{cfg.run_dir} holds a run on another dataset or teacher; choose another run name for a "
+            "new run (or pass the original data and teacher to resume)"
+        )
+    student.load_state_dict(state["state_dict"])
+    optimizer.load_state_dict(state["optimizer"])
+    generator.set_state(state["generator_state"].to(generator.get_state().device))
+    print(f"resuming {cfg.run_dir} from step {state['step']}")
+    return RunState(step=state["step"], best_kl=state["best_kl"], history=state["history"])
+
+
+def _write_checkpoints(
+    run_dir: Path,
+    record: dict[str, Any],
+    state: RunState,
+    optimizer: torch.optim.Optimizer,
+    generator: torch.Generator,
+) -> None:
+    """Write ``best.pt`` when the latest held-out KL is the best so far, then ``latest.pt``
+    (which adds what resuming needs: optimizer and generator state), each atomically."""
+    if state.metrics["kl"] < state.best_kl:
+        state.best_kl = state.metrics["kl"]
+        atomic_torch_save({**record, "best_kl": state.best_kl}, run_dir / "best.pt")
+    atomic_torch_save(
+        {
+            **record,
+            "best_kl": state.best_kl,
+            "optimizer": optimizer.state_dict(),
+            "generator_state": generator.get_state(),
+        },
+        run_dir / "latest.pt",
+    )
+
+
+def _log_losses(writer: SummaryWriter, loss: DistillLoss, cfg: DistillConfig, step: int, sps: float) -> None:
+    writer.add_scalar("losses/total", loss.total.item(), step)
+    writer.add_scalar("losses/kl", loss.kl.item(), step)
+    writer.add_scalar("losses/sobolev", loss.sobolev.item(), step)
+    writer.add_scalar("charts/learning_rate", cfg.learning_rate, step)
+    writer.add_scalar("charts/samples_per_second", sps, step)
+
+
+def distill(cfg: DistillConfig, *, progress: bool = True) -> dict[str, Any]:
+    """Run (or resume) one distillation; returns the final and best held-out metrics.
+
+    Args:
+        cfg: The run's settings.
+        progress: Show a progress bar (steps, samples/s, time left, last held-out metrics).
+    """
     device = pick_device(cfg.device)
+    precision = cfg.resolved_precision()
     teacher = load_teacher(cfg.teacher or cfg.game, game=cfg.game, device=device)
     dataset = _prepare_data(cfg, teacher)
     split = dataset.split(cfg.train_fraction, cfg.validation_fraction)
@@ -215,79 +416,29 @@ def distill(cfg: DistillConfig) -> dict[str, Any]:
         test_store, test_idx = store, split.test
     if len(test_idx) == 0:
         raise UserError(
-            f"--train-fraction {cfg.train_fraction} (--validation-fraction {cfg.validation_fraction}) leaves "
-            "no held-out episode; lower the first, raise the second, or pass --test-data"
+            f"train_fraction {cfg.train_fraction} (validation_fraction {cfg.validation_fraction}) leaves "
+            "no held-out episode; lower the first, raise the second, or give a separate test dataset"
         )
+    held_out = "validation" if cfg.validation_fraction else "test"
     print(
-        f"train {len(split.train):,} frames, {'validation' if cfg.validation_fraction else 'test'} "
-        f"{len(test_idx):,} frames "
-        f"({dataset.meta['episodes']} episodes), device {device}"
+        f"train {len(split.train):,} frames, {held_out} {len(test_idx):,} frames "
+        f"({dataset.meta['episodes']} episodes), device {device}, precision {precision}"
     )
 
     torch.manual_seed(cfg.seed)
-    student = StudentNet(StudentArch(num_actions=dataset.settings.num_actions, in_frames=dataset.stack)).to(
-        device
-    )
-    parameters = list(student.parameters())
-    optimizer = torch.optim.Adam(parameters, lr=cfg.learning_rate)
+    arch = StudentArch(num_actions=dataset.settings.num_actions, in_frames=dataset.stack)
+    student = StudentNet(arch).to(device)
+    optimizer = torch.optim.Adam(student.parameters(), lr=cfg.learning_rate)
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
     run_dir = cfg.run_dir
-    step, best_kl, history = 0, math.inf, []
-    latest_path, best_path = run_dir / "latest.pt", run_dir / "best.pt"
-    if latest_path.exists():
-        state = require_format(
-            safe_torch_load(latest_path, what="student checkpoint"),
-            STUDENT_FORMAT,
-            latest_path,
-            what="student checkpoint",
-        )
-        if _upgraded_resume_key(state["resume_key"]) != cfg.resume_key():
-            raise UserError(
-                f"{run_dir} holds a run with other settings; use the same arguments to resume, "
-                "or --run NAME for a new run"
-            )
-        stored = (state["dataset"].get("content_sha256"), state["teacher"]["sha256"])
-        if stored != (dataset.meta.get("content_sha256"), teacher.source.sha256):
-            raise UserError(
-                f"{run_dir} holds a run on another dataset or teacher; pass --run NAME for a new run "
-                "(or the original --data and --teacher to resume)"
-            )
-        student.load_state_dict(state["state_dict"])
-        optimizer.load_state_dict(state["optimizer"])
-        generator.set_state(state["generator_state"].to(generator.get_state().device))
-        step, best_kl, history = state["step"], state["best_kl"], state["history"]
-        print(f"resuming {run_dir} from step {step}")
-        if step >= cfg.steps:
-            print(f"{run_dir} already finished")
-            return _result(cfg, state["metrics"], best_kl, run_dir)
+    state = _resume(cfg, student, optimizer, generator, dataset, teacher)
+    if state.step >= cfg.steps:
+        print(f"{run_dir} already finished")
+        return _result(cfg, state.metrics, state.best_kl, run_dir)
 
-    # Fixed held-out frames for the gradient fidelity metric and the gradient-map images.
-    eval_idx = torch.from_numpy(
-        test_idx[np.linspace(0, len(test_idx) - 1, min(cfg.eval_frames, len(test_idx))).astype(np.int64)]
-    ).to(device)
-    fid_idx = eval_idx[torch.linspace(0, len(eval_idx) - 1, min(cfg.fidelity_frames, len(eval_idx))).long()]
-    fid_x, fid_teacher_logp = test_store.batch(fid_idx)
-    fid_teacher_jac = torch.cat(
-        [
-            input_jacobian(teacher.log_probs, fid_x[i : i + 32], create_graph=False)[1]
-            for i in range(0, len(fid_x), 32)
-        ],
-        dim=1,
-    )
-
-    def eval_batches() -> Iterator[tuple[Tensor, Tensor]]:
-        # Lazily: 10K float frames at once would be 1.1 GB.
-        return (test_store.batch(eval_idx[i : i + 1000]) for i in range(0, len(eval_idx), 1000))
-
-    def evaluate() -> dict[str, float]:
-        student.eval()
-        metrics = policy_metrics(student.log_probs, eval_batches)
-        metrics.update(gradient_fidelity(student.log_probs, fid_x, fid_teacher_jac))
-        student.train()
-        return metrics
-
-    writer = SummaryWriter(str(run_dir), purge_step=step or None)
-    if step == 0:
+    evaluator = HeldOutEvaluator(test_store, test_idx, teacher.log_probs, cfg, device)
+    writer = SummaryWriter(str(run_dir), purge_step=state.step or None)
+    if state.step == 0:
         writer.add_text("config", "\n".join(f"|{k}|{v}|" for k, v in dataclasses.asdict(cfg).items()))
     train_idx = torch.from_numpy(split.train).to(device)
     provenance = {
@@ -301,103 +452,85 @@ def distill(cfg: DistillConfig) -> dict[str, Any]:
         "teacher": dataclasses.asdict(teacher.source),
         "versions": package_versions(),
         "hardware": hardware_description(),
+        "cpu_capability": cpu_capability(),
+        "precision": precision,
     }
-    metrics: dict[str, float] = history[-1]["metrics"] if history else {}
+    bar = tqdm(
+        total=cfg.steps,
+        initial=state.step,
+        unit="step",
+        desc=f"distill {cfg.game} {cfg.method}",
+        disable=not progress,
+        mininterval=1.0 if sys.stderr.isatty() else 30.0,  # a line per 30 s in non-tty logs
+    )
 
     student.train()
-    started, step_at_start = time.time(), step
+    started, step_at_start = time.time(), state.step
     window_start, window_steps = time.time(), 0
-    while step < cfg.steps:
+    while state.step < cfg.steps:
         idx = train_idx[torch.randint(len(train_idx), (cfg.batch_size,), device=device, generator=generator)]
         x, teacher_logp = store.batch(idx)
-        # The backward stays outside autocast (it runs in the forward's dtypes anyway).
-        with autocast(device, enabled=cfg.precision == "bf16"):
-            loss = distillation_loss(
-                student.log_probs,
-                x,
-                teacher_logp,
-                teacher=teacher.log_probs,
-                alpha=cfg.alpha,
-                num_projections=cfg.num_projections,
-                norm=cfg.grad_norm,  # type: ignore[arg-type]
-                kl_direction=cfg.kl_direction,
-                temperature=cfg.temperature,
-                generator=generator,  # type: ignore[arg-type]
-            )
+        loss = train_step(
+            student, optimizer, x, teacher_logp, teacher.log_probs, cfg, generator, bf16=precision == "bf16"
+        )
         if not torch.isfinite(loss.total):
+            bar.close()
             writer.close()
+            kept = (
+                f"the last good checkpoint is kept in {run_dir}"
+                if state.step >= cfg.eval_every
+                else ("no checkpoint was written yet")
+            )
             raise UserError(
-                f"loss became {loss.total.item()} at step {step + 1} (kl {loss.kl.item():.4g}, sobolev "
-                f"{loss.sobolev.item():.4g}); the last good checkpoint is kept in {run_dir}; lower "
-                "--learning-rate or --alpha"
+                f"loss became {loss.total.item()} at step {state.step + 1} (kl {loss.kl.item():.4g}, sobolev "
+                f"{loss.sobolev.item():.4g}); {kept}; lower the learning rate or alpha"
             )
-        optimizer.zero_grad(set_to_none=True)
-        # Only the parameters: the Sobolev input x requires grad, and its gradient is not used.
-        torch.autograd.backward(loss.total, inputs=parameters)
-        optimizer.step()
-        step += 1
+        state.step += 1
         window_steps += 1
-        if step % 50 == 0:
-            writer.add_scalar("losses/total", loss.total.item(), step)
-            writer.add_scalar("losses/kl", loss.kl.item(), step)
-            writer.add_scalar("losses/sobolev", loss.sobolev.item(), step)
-            writer.add_scalar("charts/learning_rate", cfg.learning_rate, step)
+        bar.update(1)
+        if state.step % 50 == 0:
             sps = window_steps * cfg.batch_size / (time.time() - window_start)
-            writer.add_scalar("charts/samples_per_second", sps, step)
+            _log_losses(writer, loss, cfg, state.step, sps)
+            bar.set_postfix(samples_per_s=f"{sps:.0f}", refresh=False)
             window_start, window_steps = time.time(), 0
-        if step % cfg.eval_every == 0 or step == cfg.steps:
-            metrics = evaluate()
+        if state.step % cfg.eval_every == 0 or state.step == cfg.steps:
+            metrics = evaluator.metrics(student)
             for key, value in metrics.items():
-                writer.add_scalar(f"eval/{key}", value, step)
-            _, student_jac = input_jacobian(student.log_probs, fid_x[:4], create_graph=False)
-            writer.add_image(
-                "gradients/frame_teacher_student",
-                gradient_maps(
-                    fid_x[:4].cpu(),
-                    fid_teacher_jac[:, :4].cpu(),
-                    student_jac.cpu(),
-                    fid_teacher_logp[:4].cpu(),
-                ),
-                step,
-            )
-            history.append({"step": step, "metrics": metrics})
+                writer.add_scalar(f"eval/{key}", value, state.step)
+            writer.add_image("gradients/frame_teacher_student", evaluator.gradient_image(student), state.step)
+            state.history.append({"step": state.step, "metrics": metrics})
             elapsed = time.time() - started
-            print(
-                f"step {step}/{cfg.steps}  kl {loss.kl.item():.4f}  sob {loss.sobolev.item():.4f}  "
-                f"| held-out err {metrics['action_error']:.4f} kl {metrics['kl']:.4f} "
-                f"cos {metrics['grad_cosine']:.3f}  "
-                f"({(step - step_at_start) * cfg.batch_size / elapsed:.0f} samples/s)",
-                flush=True,
+            bar.set_postfix(
+                held_out_kl=f"{metrics['kl']:.4f}",
+                held_out_err=f"{metrics['action_error']:.3f}",
+                refresh=False,
             )
+            bar.write(
+                f"step {state.step}/{cfg.steps}  kl {loss.kl.item():.4f}  sob {loss.sobolev.item():.4f}  "
+                f"| {held_out} err {metrics['action_error']:.4f} kl {metrics['kl']:.4f} "
+                f"cos {metrics['grad_cosine']:.3f}  "
+                f"({(state.step - step_at_start) * cfg.batch_size / elapsed:.0f} samples/s)",
+            )
+            sys.stdout.flush()
             record = student_record(
                 student,
                 dataset.settings,
                 config=dataclasses.asdict(cfg),
                 resume_key=cfg.resume_key(),
-                step=step,
+                step=state.step,
                 metrics=metrics,
-                history=history,
+                history=state.history,
                 **provenance,
             )
-            if metrics["kl"] < best_kl:
-                best_kl = metrics["kl"]
-                atomic_torch_save({**record, "best_kl": best_kl}, best_path)
-            atomic_torch_save(
-                {
-                    **record,
-                    "best_kl": best_kl,
-                    "optimizer": optimizer.state_dict(),
-                    "generator_state": generator.get_state(),
-                },
-                latest_path,
-            )
+            _write_checkpoints(run_dir, record, state, optimizer, generator)
+    bar.close()
     writer.add_hparams(
         {k: v for k, v in dataclasses.asdict(cfg).items() if isinstance(v, (int, float, str))},
-        {f"hparam/{k}": v for k, v in metrics.items()},
+        {f"hparam/{k}": v for k, v in state.metrics.items()},
         run_name=".",
     )
     writer.close()
-    return _result(cfg, metrics, best_kl, run_dir)
+    return _result(cfg, state.metrics, state.best_kl, run_dir)
 
 
 def _result(cfg: DistillConfig, metrics: dict[str, float], best_kl: float, run_dir: Path) -> dict[str, Any]:

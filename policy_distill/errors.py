@@ -1,6 +1,8 @@
-"""The one exception type that the command line turns into a one-line message."""
+"""The exceptions that the command line turns into a one-line message."""
 
 from __future__ import annotations
+
+from collections.abc import Callable, Sequence
 
 
 class UserError(Exception):
@@ -9,3 +11,62 @@ class UserError(Exception):
     The message is one line that names the problem and the fix. The command line prints it
     as ``error: <message>`` and exits with status 2, with no traceback.
     """
+
+
+class ConfigError(UserError):
+    """Invalid values of a config dataclass, named in field terms (``learning_rate``).
+
+    Library callers read the field names; the command line re-renders the same problems with
+    its flag spelling (``--learning-rate``) through :meth:`render`.
+    """
+
+    def __init__(self, what: str, problems: Sequence[tuple[str, str]]) -> None:
+        self.what = what
+        """What was being configured, e.g. ``distillation settings``."""
+        self.problems = list(problems)
+        """``(field, text)`` pairs: ``("learning_rate", "must be in (0, 1), got 2.0")``."""
+        super().__init__(self.render())
+
+    def render(self, name: Callable[[str], str] = str) -> str:
+        """One line naming every problem, each field spelled by ``name``."""
+        return f"invalid {self.what}: " + "; ".join(f"{name(field)} {text}" for field, text in self.problems)
+
+
+def check_fields(what: str, problems: Sequence[tuple[str, str] | None]) -> None:
+    """Raise :class:`ConfigError` for the problems found (``None`` entries are checks that passed)."""
+    found = [p for p in problems if p is not None]
+    if found:
+        raise ConfigError(what, found)
+
+
+Problem = tuple[str, str] | None
+"""A field check's outcome: ``(field, text)``, or None when the value is fine."""
+
+
+def at_least(obj: object, name: str, minimum: int | float) -> Problem:
+    """The field ``name`` of ``obj`` must be a number >= ``minimum`` (NaN fails)."""
+    value = getattr(obj, name)
+    if not value >= minimum:  # written so that NaN fails
+        return name, f"must be at least {minimum}, got {value!r}"
+    return None
+
+
+def within(
+    obj: object, name: str, low: float, high: float, *, open_low: bool = False, open_high: bool = False
+) -> Problem:
+    """The field ``name`` must lie in the interval from ``low`` to ``high`` (NaN fails)."""
+    value = getattr(obj, name)
+    above = value > low if open_low else value >= low
+    below = value < high if open_high else value <= high
+    if not (above and below):
+        interval = f"{'(' if open_low else '['}{low:g}, {high:g}{')' if open_high else ']'}"
+        return name, f"must lie in {interval}, got {value!r}"
+    return None
+
+
+def one_of(obj: object, name: str, choices: Sequence[str]) -> Problem:
+    """The field ``name`` must be one of ``choices``."""
+    value = getattr(obj, name)
+    if value not in choices:
+        return name, f"must be one of {', '.join(choices)}, got {value!r}"
+    return None

@@ -15,7 +15,9 @@ from typing import Any
 from policy_distill.errors import UserError
 
 PRECISIONS = ("fp32", "bf16")
-"""Training precisions of a distillation: float32, or bf16 autocast (``devices.autocast``)."""
+"""Resolved training precisions: float32, or bf16 autocast (``devices.autocast``)."""
+PRECISION_CHOICES = ("auto", *PRECISIONS)
+"""What a user may ask for; ``auto`` resolves by the hardware (``devices.resolve_precision``)."""
 
 
 @dataclass(frozen=True)
@@ -129,10 +131,11 @@ class EnvSettings:
     def check_matches(self, other: EnvSettings, *, mine: str, theirs: str) -> None:
         """Raise a one-line error if ``other`` differs from ``self`` in any field.
 
-        ``clip_rewards`` only changes what a learner trains on, never what a policy sees, so it
-        is not compared.
+        ``clip_rewards`` and ``life_loss_terminal`` only change what a learner trains on, never
+        what a policy sees or how a game is scored, so they are not compared.
         """
-        diffs = [d for d in self.differences(other) if not d.startswith("clip_rewards")]
+        learner_only = ("clip_rewards", "life_loss_terminal")
+        diffs = [d for d in self.differences(other) if not d.startswith(learner_only)]
         if diffs:
             raise UserError(
                 f"settings of the {mine} and the {theirs} do not match ({'; '.join(diffs)}); "

@@ -1,7 +1,9 @@
 """The paper's student network (Czarnecki et al. 2017, supplementary section 3) and its loader.
 
-conv 16 8x8/4, ReLU, conv 32 4x4/2, ReLU, linear 256, ReLU, linear |A|, softmax: about 7x fewer
-parameters and 3x less arithmetic per frame than the teacher.
+conv 16 8x8/4, ReLU, conv 32 4x4/2, ReLU, linear 256, ReLU, linear |A|, softmax: 2.5x fewer
+parameters than the teacher (0.68M against 1.69M, most of them in the first linear layer) and
+3.2x less arithmetic per frame (5.9 against 18.7 MFLOPs), measured by
+``benchmarks/student_vs_teacher.py`` with its speed (docs/student.md).
 """
 
 from __future__ import annotations
@@ -10,9 +12,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
+from policy_distill import policy
 from policy_distill.checkpoint import require_format, safe_torch_load
 from policy_distill.errors import UserError
 from policy_distill.settings import EnvSettings
@@ -61,7 +65,14 @@ class StudentNet(nn.Module):
 
 
 class Student(nn.Module):
-    """A loaded student: the network plus the settings record it must be played with."""
+    """A loaded student: the network plus the settings record it must be played with.
+
+    Every method takes observations as the environment gives them (see
+    :func:`policy_distill.policy.as_observation`): ``[B, 4, 84, 84]`` or ``[4, 84, 84]``
+    ``uint8`` pixels, numpy or torch, newest frame last, converted once; or, the fast path for
+    training and gradient maps, a torch float tensor of the same shape already scaled to [0, 1].
+    An unbatched input gives unbatched outputs; anything else is refused with one line.
+    """
 
     def __init__(self, net: StudentNet, settings: EnvSettings, record: dict[str, Any]) -> None:
         super().__init__()
@@ -70,18 +81,65 @@ class Student(nn.Module):
         self.num_actions = net.num_actions
         self.record = record
 
-    def log_probs(self, x: Tensor) -> Tensor:
-        return self.net.log_probs(x)
+    def log_probs(self, obs: Tensor | np.ndarray) -> Tensor:
+        """``[B, 4, 84, 84]`` observations -> ``[B, A]`` float32 log-probabilities (``[A]`` unbatched).
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.log_probs(x)
+        Float tensors are taken as already divided by 255 and not range-checked (the training
+        fast path); gradients with respect to them flow.
+        """
+        return policy.contract_log_probs(self.net, obs, self.settings)
 
-    @torch.no_grad()
-    def act(self, obs: Tensor, *, greedy: bool = False) -> Tensor:
-        """``[B, 4, 84, 84] uint8`` observations -> ``[B] int64`` actions."""
-        from policy_distill.policy import act
+    def forward(self, obs: Tensor | np.ndarray) -> Tensor:
+        return self.log_probs(obs)
 
-        return act(self, obs, greedy=greedy)
+    def act(
+        self, obs: Tensor | np.ndarray, *, greedy: bool = False, generator: torch.Generator | None = None
+    ) -> Tensor:
+        """``[B, 4, 84, 84]`` observations -> ``[B] int64`` actions (``[]`` unbatched), on the
+        student's device: sampled from the policy, or its argmax when ``greedy``."""
+        return policy.contract_act(self.net, obs, self.settings, greedy=greedy, generator=generator)
+
+    def predict(
+        self,
+        observation: Tensor | np.ndarray,
+        state: Any = None,
+        episode_start: Any = None,
+        deterministic: bool = False,
+        *,
+        generator: torch.Generator | None = None,
+    ) -> tuple[np.ndarray, None]:
+        """Stable-Baselines3's ``predict``: ``[B, 4, 84, 84]`` observations -> (``[B] int64`` numpy
+        actions, ``None``); ``[]`` actions for one unbatched observation.
+
+        ``state`` and ``episode_start`` are accepted for SB3 compatibility and ignored: the
+        student is feed-forward, so its recurrent state is always ``None``.
+        """
+        return policy.contract_predict(
+            self.net, observation, self.settings, deterministic=deterministic, generator=generator
+        )
+
+    @property
+    def action_meanings(self) -> tuple[str, ...]:
+        """Names of the actions in the order of the log-probabilities (``NOOP``, ``FIRE``...)."""
+        return policy.action_meanings(self.settings.game)
+
+    @property
+    def env_id(self) -> str:
+        """The gymnasium id of the student's game in ale-py's vector environment (``ALE/Pong-v5``)."""
+        return policy.env_id(self.settings)
+
+    def env_kwargs(self) -> dict[str, Any]:
+        """``gymnasium.make_vec`` / ``AtariVectorEnv`` arguments that reproduce the student's settings."""
+        return policy.env_kwargs(self.settings)
+
+    def check_env(self, env: Any) -> list[str]:
+        """Refuse with one line a vector environment whose settings differ from the student's;
+        returns the settings checked (see :func:`policy_distill.policy.check_env`)."""
+        return policy.check_env(self.settings, env, what="student")
+
+    def make_env(self, num_envs: int, **overrides: Any) -> Any:
+        """A checked ``gymnasium.make_vec`` vector environment with the student's settings."""
+        return policy.make_env(self.settings, num_envs, **overrides)
 
 
 def student_record(net: StudentNet, settings: EnvSettings, **extra: Any) -> dict[str, Any]:

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 
-def run_cli(*args: str, cwd=None) -> subprocess.CompletedProcess:  # noqa: ANN001
+def run_cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "policy_distill", *args], capture_output=True, text=True, cwd=cwd, timeout=300
     )
@@ -24,13 +24,16 @@ def run_cli(*args: str, cwd=None) -> subprocess.CompletedProcess:  # noqa: ANN00
         (["collect", "--game", "pong", "--teacher", "missing.pt"], "does not exist"),
         (["collect", "--game", "breakout", "--teacher", "pong"], "plays pong, not breakout"),
         (["distill", "--game", "pong", "--data", "nowhere", "--frames", "0"], "--frames"),
-        (["distill", "--game", "pong", "--grad-norm", "l3"], "--grad-norm 'l3'"),
-        (["distill", "--game", "pong", "--alpha", "-1"], "--alpha -1.0"),
+        (
+            ["distill", "--game", "pong", "--grad-norm", "l3"],
+            "--grad-norm must be one of l2, squared_l2, l1, got 'l3'",
+        ),
+        (["distill", "--game", "pong", "--alpha", "-1"], "--alpha must be at least 0, got -1.0"),
         (["evaluate", "--checkpoint", "nothing.pt"], "does not exist"),
         (["frobnicate"], "invalid choice"),
     ],
 )
-def test_bad_input_is_one_line_error(tmp_path, args: list[str], expected: str) -> None:  # noqa: ANN001
+def test_bad_input_is_one_line_error(tmp_path, args: list[str], expected: str) -> None:
     result = run_cli(*args, cwd=tmp_path)
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
@@ -59,7 +62,7 @@ def test_help_lists_every_command() -> None:
         assert command in result.stdout
 
 
-def test_collect_json_result_is_last_line(tmp_path) -> None:  # noqa: ANN001
+def test_collect_json_result_is_last_line(tmp_path) -> None:
     result = run_cli(
         "collect",
         "--game",

@@ -13,17 +13,15 @@ from agents.loading import load_teacher, shipped_teachers
 from policy_distill.collect import CollectConfig, collect
 from policy_distill.dataset import load_dataset
 from policy_distill.errors import UserError
-from policy_distill.settings import EnvSettings
 
 # Short games (truncated after 240 emulator frames = 60 agent steps) give many episode
 # boundaries in a few hundred frames.
-SHORT = EnvSettings("pong", max_episode_frames=240)
 
 
 class RecordingEnv:
     """Wraps the vector env and logs, per environment, every observation handed to the agent."""
 
-    def __init__(self, env) -> None:  # noqa: ANN001
+    def __init__(self, env) -> None:
         self.env = env
         self.log: dict[int, list[np.ndarray]] = {}
 
@@ -31,7 +29,7 @@ class RecordingEnv:
         for j, e in enumerate(info["env_id"]):
             self.log.setdefault(int(e), []).append(obs[j].copy())
 
-    def reset(self, **kw):  # noqa: ANN003, ANN201
+    def reset(self, **kw):
         obs, info = self.env.reset(**kw)
         self._note(obs, info)
         return obs, info
@@ -39,7 +37,7 @@ class RecordingEnv:
     def send(self, actions: np.ndarray) -> None:
         self.env.send(actions)
 
-    def recv(self):  # noqa: ANN201
+    def recv(self):
         out = self.env.recv()
         self._note(out[0], out[4])
         return out
@@ -48,11 +46,11 @@ class RecordingEnv:
         self.env.close()
 
 
-def _collect_recorded(monkeypatch, teacher_path: Path, out: Path, cfg: CollectConfig) -> RecordingEnv:  # noqa: ANN001
+def _collect_recorded(monkeypatch, teacher_path: Path, out: Path, cfg: CollectConfig) -> RecordingEnv:
     holder: dict[str, RecordingEnv] = {}
     real = collect_module.make_vector_env
 
-    def fake(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+    def fake(*args, **kwargs):
         holder["env"] = RecordingEnv(real(*args, **kwargs))
         return holder["env"]
 
@@ -61,12 +59,14 @@ def _collect_recorded(monkeypatch, teacher_path: Path, out: Path, cfg: CollectCo
     return holder["env"]
 
 
-def _episode_obs(ds, e: int) -> np.ndarray:  # noqa: ANN001
+def _episode_obs(ds, e: int) -> np.ndarray:
     return ds.observations(np.arange(ds.episode_starts[e], ds.episode_starts[e + 1]))
 
 
-def test_single_env_rebuilds_exactly_the_observations_seen(monkeypatch, make_teacher_file, tmp_path) -> None:  # noqa: ANN001
-    teacher = make_teacher_file(SHORT)
+def test_single_env_rebuilds_exactly_the_observations_seen(
+    short_settings, monkeypatch, make_teacher_file, tmp_path
+) -> None:
+    teacher = make_teacher_file(short_settings)
     recorder = _collect_recorded(
         monkeypatch, teacher, tmp_path / "ds", CollectConfig(frames=250, num_envs=1, batch_size=1)
     )
@@ -78,8 +78,10 @@ def test_single_env_rebuilds_exactly_the_observations_seen(monkeypatch, make_tea
     assert len(ds.frames) == len(ds) + 3 * ds.meta["episodes"]
 
 
-def test_async_envs_rebuild_each_episode_exactly(monkeypatch, make_teacher_file, tmp_path) -> None:  # noqa: ANN001
-    teacher = make_teacher_file(SHORT)
+def test_async_envs_rebuild_each_episode_exactly(
+    short_settings, monkeypatch, make_teacher_file, tmp_path
+) -> None:
+    teacher = make_teacher_file(short_settings)
     recorder = _collect_recorded(
         monkeypatch, teacher, tmp_path / "ds", CollectConfig(frames=600, num_envs=4, batch_size=2)
     )
@@ -103,7 +105,7 @@ def test_async_envs_rebuild_each_episode_exactly(monkeypatch, make_teacher_file,
         assert found, f"episode {e} does not match any environment's observations"
 
 
-def test_dataset_metadata_shapes_and_dtypes_with_shipped_teacher(tmp_path) -> None:  # noqa: ANN001
+def test_dataset_metadata_shapes_and_dtypes_with_shipped_teacher(tmp_path) -> None:
     if "pong" not in shipped_teachers():
         pytest.fail("the shipped Pong teacher agents/pretrained/pong.pt is missing")
     teacher = load_teacher("pong")
@@ -127,8 +129,8 @@ def test_dataset_metadata_shapes_and_dtypes_with_shipped_teacher(tmp_path) -> No
     assert ds.episode_starts[0] == 0 and ds.episode_starts[-1] == 300
 
 
-def test_reuse_same_arguments_and_refuse_different_ones(make_teacher_file, tmp_path) -> None:  # noqa: ANN001
-    teacher = load_teacher(make_teacher_file(SHORT))
+def test_reuse_same_arguments_and_refuse_different_ones(short_settings, make_teacher_file, tmp_path) -> None:
+    teacher = load_teacher(make_teacher_file(short_settings))
     out = tmp_path / "ds"
     first = collect(teacher, CollectConfig(frames=40, num_envs=2, batch_size=2), out, progress=False)
     again = collect(teacher, CollectConfig(frames=40, num_envs=2, batch_size=2), out, progress=False)
@@ -141,10 +143,12 @@ def test_reuse_same_arguments_and_refuse_different_ones(make_teacher_file, tmp_p
     assert replaced["frames"] == 60
 
 
-def test_interrupted_collection_leaves_no_dataset(monkeypatch, make_teacher_file, tmp_path) -> None:  # noqa: ANN001
-    teacher = load_teacher(make_teacher_file(SHORT))
+def test_interrupted_collection_leaves_no_dataset(
+    short_settings, monkeypatch, make_teacher_file, tmp_path
+) -> None:
+    teacher = load_teacher(make_teacher_file(short_settings))
 
-    def boom(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+    def boom(*args, **kwargs):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(collect_module.np, "save", boom)
@@ -156,7 +160,7 @@ def test_interrupted_collection_leaves_no_dataset(monkeypatch, make_teacher_file
         load_dataset(tmp_path / "ds")
 
 
-def _fake_dataset(tmp_path: Path, episode_lengths: list[int]):  # noqa: ANN202
+def _fake_dataset(tmp_path: Path, episode_lengths: list[int]):
     from policy_distill.dataset import Dataset
 
     starts = np.concatenate([[0], np.cumsum(episode_lengths)]).astype(np.int64)
@@ -175,7 +179,7 @@ def _fake_dataset(tmp_path: Path, episode_lengths: list[int]):  # noqa: ANN202
 
 
 @pytest.mark.parametrize("fraction", [0.01, 0.1, 0.33, 0.5, 0.8, 0.95])
-def test_split_is_time_wise_exact_and_never_shares_an_episode(rng, tmp_path, fraction: float) -> None:  # noqa: ANN001
+def test_split_is_time_wise_exact_and_never_shares_an_episode(rng, tmp_path, fraction: float) -> None:
     ds = _fake_dataset(tmp_path, list(rng.integers(50, 400, size=60)))
     split = ds.split(fraction)
     n = len(ds)
@@ -191,7 +195,7 @@ def test_split_is_time_wise_exact_and_never_shares_an_episode(rng, tmp_path, fra
 
 
 @pytest.mark.parametrize("fraction", [0.1, 0.5, 1.0])
-def test_validation_split_stays_inside_the_training_part(rng, tmp_path, fraction: float) -> None:  # noqa: ANN001
+def test_validation_split_stays_inside_the_training_part(rng, tmp_path, fraction: float) -> None:
     ds = _fake_dataset(tmp_path, list(rng.integers(50, 400, size=60)))
     n_train = len(ds.split(fraction).train)
     val = ds.split(fraction, validation_fraction=0.2)
@@ -200,19 +204,19 @@ def test_validation_split_stays_inside_the_training_part(rng, tmp_path, fraction
     assert len(val.test) > 0 and val.test[0] >= len(val.train)
     assert val.test[-1] == n_train - 1  # never reaches into the test part
     assert not set(ds.episode_of(val.train)) & set(ds.episode_of(val.test))
-    with pytest.raises(UserError, match="validation-fraction"):
+    with pytest.raises(UserError, match="`validation_fraction`"):
         ds.split(fraction, validation_fraction=1.0)
 
 
-def test_split_rejects_bad_fractions(tmp_path) -> None:  # noqa: ANN001
+def test_split_rejects_bad_fractions(tmp_path) -> None:
     ds = _fake_dataset(tmp_path, [100, 100])
     for bad in (0.0, -0.1, 1.5):
-        with pytest.raises(UserError, match="train-fraction"):
+        with pytest.raises(UserError, match="`train_fraction`"):
             ds.split(bad)
 
 
-def test_partial_dataset_is_refused(make_teacher_file, tmp_path) -> None:  # noqa: ANN001
-    teacher = load_teacher(make_teacher_file(SHORT))
+def test_partial_dataset_is_refused(short_settings, make_teacher_file, tmp_path) -> None:
+    teacher = load_teacher(make_teacher_file(short_settings))
     collect(teacher, CollectConfig(frames=30, num_envs=2, batch_size=2), tmp_path / "ds", progress=False)
     (tmp_path / "ds" / "log_probs.npy").unlink()
     with pytest.raises(UserError, match="missing or corrupted"):

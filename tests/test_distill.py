@@ -11,38 +11,15 @@ import torch
 import policy_distill.distill as distill_module
 from agents.loading import load_teacher
 from policy_distill.collect import CollectConfig, collect
-from policy_distill.dataset import load_dataset
-from policy_distill.distill import DistillConfig, FrameStore, distill
+from policy_distill.dataset import FrameStore, load_dataset
+from policy_distill.distill import DistillConfig, distill
 from policy_distill.errors import UserError
 from policy_distill.evaluation import evaluate_policy
 from policy_distill.metrics import gradient_fidelity
-from policy_distill.settings import EnvSettings
 from policy_distill.student import load_student
 
-SHORT = EnvSettings("pong", max_episode_frames=240)
 
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):  # noqa: ANN001, ANN201
-    """A random teacher and 400 frames it recorded (several short episodes)."""
-    from agents.networks import TeacherNet
-    from agents.teacher_file import teacher_record
-    from policy_distill.checkpoint import atomic_torch_save
-
-    root = tmp_path_factory.mktemp("tiny")
-    torch.manual_seed(0)
-    teacher_path = root / "teacher.pt"
-    atomic_torch_save(teacher_record(TeacherNet(6).state_dict(), SHORT, {}), teacher_path)
-    collect(
-        load_teacher(teacher_path),
-        CollectConfig(frames=400, num_envs=4, batch_size=2),
-        root / "data",
-        progress=False,
-    )
-    return root
-
-
-def config(tiny, **overrides) -> DistillConfig:  # noqa: ANN001, ANN003
+def config(tiny, **overrides) -> DistillConfig:
     base = dict(
         game="pong",
         teacher=str(tiny / "teacher.pt"),
@@ -56,12 +33,13 @@ def config(tiny, **overrides) -> DistillConfig:  # noqa: ANN001, ANN003
         learning_rate=1e-3,
         runs_dir=str(tiny / "runs"),
         device="cpu",
+        precision="fp32",  # explicit: "auto" would differ between CPUs with and without bf16 units
     )
     base.update(overrides)
     return DistillConfig(**base)
 
 
-def test_run_writes_self_describing_checkpoints_that_load(tiny) -> None:  # noqa: ANN001
+def test_run_writes_self_describing_checkpoints_that_load(short_settings, tiny) -> None:
     cfg = config(tiny, run="describe")
     result = distill(cfg)
     assert 0 <= result["test_action_error"] <= 1 and result["test_kl"] >= 0
@@ -69,7 +47,7 @@ def test_run_writes_self_describing_checkpoints_that_load(tiny) -> None:  # noqa
     student = load_student(result["best_checkpoint"])
     record = student.record
     assert record["arch"]["num_actions"] == 6 and record["game"] == "pong"
-    assert record["settings"] == SHORT.to_dict() and record["config"]["alpha"] == cfg.alpha > 0
+    assert record["settings"] == short_settings.to_dict() and record["config"]["alpha"] == cfg.alpha > 0
     assert record["step"] in (2, 4) and set(record["metrics"]) >= {"action_error", "kl", "grad_cosine"}
     meta = load_dataset(tiny / "data").meta
     assert record["dataset"]["content_sha256"] == meta["content_sha256"]
@@ -80,7 +58,7 @@ def test_run_writes_self_describing_checkpoints_that_load(tiny) -> None:  # noqa
     torch.testing.assert_close(student.log_probs(obs.float() / 255).exp().sum(1), torch.ones(3))
 
 
-def test_interrupted_run_resumes_to_the_same_weights(tiny) -> None:  # noqa: ANN001
+def test_interrupted_run_resumes_to_the_same_weights(tiny) -> None:
     whole = distill(config(tiny, run="whole", steps=6))
     distill(config(tiny, run="parts", steps=4))  # "interrupted" after step 4
     parts = distill(config(tiny, run="parts", steps=6))  # the same command again resumes
@@ -91,13 +69,13 @@ def test_interrupted_run_resumes_to_the_same_weights(tiny) -> None:  # noqa: ANN
         torch.testing.assert_close(a["state_dict"][key], b["state_dict"][key], rtol=0, atol=0)
 
 
-def test_resume_with_other_settings_is_refused(tiny) -> None:  # noqa: ANN001
+def test_resume_with_other_settings_is_refused(tiny) -> None:
     distill(config(tiny, run="fixed"))
     with pytest.raises(UserError, match="other settings"):
         distill(config(tiny, run="fixed", alpha=0.5))
 
 
-def test_resume_on_another_dataset_is_refused(tiny) -> None:  # noqa: ANN001
+def test_resume_on_another_dataset_is_refused(tiny) -> None:
     other = tiny / "data-seed1"
     collect(
         load_teacher(tiny / "teacher.pt"),
@@ -110,11 +88,11 @@ def test_resume_on_another_dataset_is_refused(tiny) -> None:  # noqa: ANN001
         distill(config(tiny, run="moved", steps=4, data=str(other)))
 
 
-def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(tiny, monkeypatch) -> None:  # noqa: ANN001
+def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(tiny, monkeypatch) -> None:
     real = distill_module.distillation_loss
     calls = {"n": 0}
 
-    def poisoned(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+    def poisoned(*args, **kwargs):
         calls["n"] += 1
         loss = real(*args, **kwargs)
         if calls["n"] == 3:
@@ -129,7 +107,7 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(
     assert kept["step"] == 2 and all(torch.isfinite(v).all() for v in kept["state_dict"].values())
 
 
-def test_bf16_runs_train_in_bf16_and_are_not_resumed_in_fp32(tiny) -> None:  # noqa: ANN001
+def test_bf16_runs_train_in_bf16_and_are_not_resumed_in_fp32(tiny) -> None:
     settings = dict(alpha=0.0, eval_every=1, learning_rate=3e-3)
     one = {
         p: distill(config(tiny, run=f"one-{p}", precision=p, steps=1, **settings)) for p in ("fp32", "bf16")
@@ -149,11 +127,11 @@ def test_bf16_runs_train_in_bf16_and_are_not_resumed_in_fp32(tiny) -> None:  # n
     # By default a bf16 run has its own directory, so it never meets an fp32 run of the same cell.
     assert config(tiny, precision="bf16").run_dir.name == "sobolev-frac0.5-seed0-bf16"
     assert config(tiny).run_dir.name == "sobolev-frac0.5-seed0"
-    with pytest.raises(UserError, match=r"--precision 'fp16' \(use fp32 or bf16\)"):
+    with pytest.raises(UserError, match=r"precision must be one of auto, fp32, bf16, got 'fp16'"):
         config(tiny, precision="fp16")
 
 
-def test_runs_saved_before_precision_existed_resume_in_fp32(tiny) -> None:  # noqa: ANN001
+def test_runs_saved_before_precision_existed_resume_in_fp32(tiny) -> None:
     from policy_distill.checkpoint import atomic_torch_save
 
     cfg = config(tiny, run="old-style", steps=2)
@@ -168,22 +146,24 @@ def test_runs_saved_before_precision_existed_resume_in_fp32(tiny) -> None:  # no
         distill(config(tiny, run="old-style", steps=6, precision="bf16"))
 
 
-def test_kl_only_students_train_and_lower_the_kl(tiny) -> None:  # noqa: ANN001
+def test_kl_only_students_train_and_lower_the_kl(tiny) -> None:
     result = distill(config(tiny, run="kl", alpha=0.0, steps=30, eval_every=30, learning_rate=3e-3))
     first = distill(config(tiny, run="kl0", alpha=0.0, steps=1, eval_every=1, learning_rate=3e-3))
     assert result["test_kl"] < first["test_kl"]
     assert result["method"] == "kl"
 
 
-def test_dataset_from_another_teacher_and_empty_test_split_are_refused(tiny, make_teacher_file) -> None:  # noqa: ANN001
-    other = make_teacher_file(SHORT, seed=1)
+def test_dataset_from_another_teacher_and_empty_test_split_are_refused(
+    short_settings, tiny, make_teacher_file
+) -> None:
+    other = make_teacher_file(short_settings, seed=1)
     with pytest.raises(UserError, match="recorded by another teacher"):
         distill(config(tiny, teacher=str(other), run="other"))
     with pytest.raises(UserError, match="leaves no held-out episode"):
         distill(config(tiny, train_fraction=1.0, run="all"))
 
 
-def test_frame_store_batches_equal_the_dataset_observations(tiny) -> None:  # noqa: ANN001
+def test_frame_store_batches_equal_the_dataset_observations(tiny) -> None:
     ds = load_dataset(tiny / "data")
     store = FrameStore(ds, torch.device("cpu"))
     idx = np.array([0, 5, 77, 399])
@@ -208,7 +188,7 @@ def test_gradient_fidelity_of_a_network_with_itself_is_perfect() -> None:
     assert different["grad_cosine"] < 0.9 and different["grad_rel_l2"] > 0.1
 
 
-def test_load_student_refuses_foreign_and_corrupted_files(tiny, tmp_path) -> None:  # noqa: ANN001
+def test_load_student_refuses_foreign_and_corrupted_files(tiny, tmp_path) -> None:
     with pytest.raises(UserError, match="not a student checkpoint"):
         load_student(tiny / "teacher.pt")
     good = distill(config(tiny, run="corrupt"))["best_checkpoint"]
@@ -225,15 +205,15 @@ def test_load_student_refuses_foreign_and_corrupted_files(tiny, tmp_path) -> Non
         load_student(broken)
 
 
-def test_evaluation_plays_whole_games_with_raw_scores(tiny) -> None:  # noqa: ANN001
+def test_evaluation_plays_whole_games_with_raw_scores(short_settings, tiny) -> None:
     teacher = load_teacher(tiny / "teacher.pt")
-    scores = evaluate_policy(teacher, SHORT, episodes=3, num_envs=2, seed=5)
+    scores = evaluate_policy(teacher, short_settings, episodes=3, num_envs=2, seed=5)
     assert len(scores.scores) == 3 and len(scores.lengths) == 3
     assert all(float(s).is_integer() and -21 <= s <= 21 for s in scores.scores)
     assert all(0 < n <= 240 // 4 for n in scores.lengths)
 
 
-def test_package_level_loaders(tiny) -> None:  # noqa: ANN001
+def test_package_level_loaders(tiny) -> None:
     import policy_distill
 
     path = distill(config(tiny, run="pkg"))["best_checkpoint"]
@@ -242,7 +222,7 @@ def test_package_level_loaders(tiny) -> None:  # noqa: ANN001
     assert policy_distill.load_teacher(tiny / "teacher.pt").num_actions == 6
 
 
-def test_validation_run_holds_out_part_of_the_training_split(tiny) -> None:  # noqa: ANN001
+def test_validation_run_holds_out_part_of_the_training_split(tiny) -> None:
     cfg = config(tiny, train_fraction=0.9, validation_fraction=0.3, steps=2)
     assert cfg.run_dir.name == "sobolev-frac0.9-val0.3-seed0"
     result = distill(cfg)
@@ -252,5 +232,5 @@ def test_validation_run_holds_out_part_of_the_training_split(tiny) -> None:  # n
     assert record["dataset"]["train_frames"] == len(val.train)
     assert record["dataset"]["test_frames"] == len(val.test)
     assert val.test[-1] < len(dataset.split(0.9).train)  # the test part is never looked at
-    with pytest.raises(UserError, match="validation-fraction with --test-data"):
+    with pytest.raises(UserError, match="validation_fraction cannot be combined with test_data"):
         config(tiny, validation_fraction=0.3, test_data=str(tiny / "data"))

@@ -8,7 +8,7 @@ from policy_distill.envs import GameTracker, make_vector_env
 from policy_distill.settings import EnvSettings
 
 
-def test_observation_layout_and_raw_rewards(rng) -> None:  # noqa: ANN001
+def test_observation_layout_and_raw_rewards(rng) -> None:
     env = make_vector_env(EnvSettings("pong"), 2)
     obs, _ = env.reset(seed=0)
     assert obs.shape == (2, 4, 84, 84) and obs.dtype == np.uint8
@@ -25,7 +25,7 @@ def test_observation_layout_and_raw_rewards(rng) -> None:  # noqa: ANN001
     assert rewards and max(rewards) >= 5
 
 
-def test_life_loss_signals_do_not_end_the_game(rng) -> None:  # noqa: ANN001
+def test_life_loss_signals_do_not_end_the_game(rng) -> None:
     settings = EnvSettings("breakout", life_loss_terminal=True)
     env = make_vector_env(settings, 1)
     _, info = env.reset(seed=3)

@@ -191,7 +191,7 @@ def test_sb3_game_from_rl_zoo_file_name(sb3_models, tmp_path: Path) -> None:
     assert load_teacher(zoo).settings.game == "pong"
     with pytest.raises(UserError, match="named after pong"):
         load_teacher(zoo, game="space_invaders")
-    with pytest.raises(UserError, match="--game"):
+    with pytest.raises(UserError, match="`game`"):
         load_teacher(path)  # ppo_pong.zip names no game that the loader recognises
 
 
@@ -346,7 +346,7 @@ def test_cleanrl_matches_cleanrl_network(kind: str, frames: torch.Tensor, tmp_pa
 def test_cleanrl_needs_game(tmp_path: Path) -> None:
     path = tmp_path / "ppo_atari.cleanrl_model"
     torch.save(_CleanRLPPOAgent(NUM_ACTIONS).state_dict(), path)
-    with pytest.raises(UserError, match="pass --game"):
+    with pytest.raises(UserError, match="pass `game`"):
         load_teacher(path)
     with pytest.raises(UserError, match="has 6 actions .* breakout has 4"):
         load_teacher(path, game="breakout")

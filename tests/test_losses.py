@@ -30,7 +30,7 @@ def random_logp(gen: torch.Generator, b: int = 64, a: int = 6) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("direction", ["student_teacher", "teacher_student"])
-def test_kl_of_a_policy_with_itself_is_zero_and_otherwise_positive(torch_gen, direction: str) -> None:  # noqa: ANN001
+def test_kl_of_a_policy_with_itself_is_zero_and_otherwise_positive(torch_gen, direction: str) -> None:
     p, q = random_logp(torch_gen), random_logp(torch_gen)
     assert kl_divergence(p, p, direction=direction).item() == pytest.approx(0.0, abs=1e-6)
     assert kl_divergence(p, q, direction=direction).item() > 0.01
@@ -38,7 +38,7 @@ def test_kl_of_a_policy_with_itself_is_zero_and_otherwise_positive(torch_gen, di
         assert kl_divergence(p, q, direction=direction, temperature=temperature).item() >= 0
 
 
-def test_kl_matches_the_definition_and_directions_differ(torch_gen) -> None:  # noqa: ANN001
+def test_kl_matches_the_definition_and_directions_differ(torch_gen) -> None:
     p, q = random_logp(torch_gen, b=1, a=3), random_logp(torch_gen, b=1, a=3)
     manual = sum(math.exp(p[0, a]) * (p[0, a] - q[0, a]) for a in range(3))
     assert kl_divergence(p, q).item() == pytest.approx(float(manual), rel=1e-5)
@@ -47,7 +47,7 @@ def test_kl_matches_the_definition_and_directions_differ(torch_gen) -> None:  # 
     )
 
 
-def test_kl_scale_does_not_grow_with_batch_size(torch_gen) -> None:  # noqa: ANN001
+def test_kl_scale_does_not_grow_with_batch_size(torch_gen) -> None:
     p, q = random_logp(torch_gen, b=50), random_logp(torch_gen, b=50)
     # The same samples repeated 10 times: a mean keeps the value, a sum would multiply it by 10.
     assert kl_divergence(p.repeat(10, 1), q.repeat(10, 1)).item() == pytest.approx(
@@ -55,7 +55,7 @@ def test_kl_scale_does_not_grow_with_batch_size(torch_gen) -> None:  # noqa: ANN
     )
 
 
-def test_sobolev_term_scale_does_not_grow_with_batch_size(torch_gen) -> None:  # noqa: ANN001
+def test_sobolev_term_scale_does_not_grow_with_batch_size(torch_gen) -> None:
     student, teacher = small_policy(0), small_policy(1)
     x = torch.rand(8, 2, 3, 3, generator=torch_gen)
     single, _ = sobolev_exact_loss(student.log_probs, teacher.log_probs, x)
@@ -63,14 +63,14 @@ def test_sobolev_term_scale_does_not_grow_with_batch_size(torch_gen) -> None:  #
     assert repeated.item() == pytest.approx(single.item(), rel=1e-5)
 
 
-def test_directions_are_uniform_unit_vectors(torch_gen) -> None:  # noqa: ANN001
+def test_directions_are_uniform_unit_vectors(torch_gen) -> None:
     v = sample_unit_sphere((20000,), 4, generator=torch_gen)
     torch.testing.assert_close(v.norm(dim=-1), torch.ones(20000))
     # Uniform on the sphere: E[v v^T] = I / A.
     torch.testing.assert_close(v.T @ v / 20000, torch.eye(4) / 4, atol=0.01, rtol=0)
 
 
-def test_projection_estimator_matches_exact_jacobian_loss(torch_gen) -> None:  # noqa: ANN001
+def test_projection_estimator_matches_exact_jacobian_loss(torch_gen) -> None:
     student, teacher = small_policy(0), small_policy(1)
     x = torch.rand(6, 2, 3, 3, generator=torch_gen)
     exact, _ = sobolev_exact_loss(student.log_probs, teacher.log_probs, x, norm="squared_l2")
@@ -104,7 +104,7 @@ def test_projection_estimator_matches_exact_jacobian_loss(torch_gen) -> None:  #
     assert k4.std() < samples.std()
 
 
-def test_sobolev_gradient_reaches_student_and_never_teacher(torch_gen) -> None:  # noqa: ANN001
+def test_sobolev_gradient_reaches_student_and_never_teacher(torch_gen) -> None:
     student, teacher = small_policy(0), small_policy(1)
     for p in teacher.parameters():
         p.requires_grad_(False)
@@ -119,7 +119,7 @@ def test_sobolev_gradient_reaches_student_and_never_teacher(torch_gen) -> None: 
     assert all(p.grad is None for p in teacher.parameters())
 
 
-def test_teacher_parameters_get_no_gradient_even_if_trainable(torch_gen) -> None:  # noqa: ANN001
+def test_teacher_parameters_get_no_gradient_even_if_trainable(torch_gen) -> None:
     student, teacher = small_policy(0), small_policy(1)
     x = torch.rand(4, 2, 3, 3, generator=torch_gen)
     loss = distillation_loss(
@@ -154,7 +154,7 @@ def test_gradient_distances() -> None:
         gradient_distance(a, b, "l3")  # type: ignore[arg-type]
 
 
-def test_kl_only_loss_needs_no_teacher(torch_gen) -> None:  # noqa: ANN001
+def test_kl_only_loss_needs_no_teacher(torch_gen) -> None:
     student = small_policy(0)
     x = torch.rand(4, 2, 3, 3, generator=torch_gen)
     loss = distillation_loss(student.log_probs, x, random_logp(torch_gen, b=4, a=5), alpha=0.0)

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from agents.loading import load_teacher
 from agents.ppo import PPOConfig, export_teacher, train_ppo
+from policy_distill.errors import ConfigError, UserError
 
 
-def tiny(**kw) -> PPOConfig:  # noqa: ANN003
+def tiny_config(**kw) -> PPOConfig:
     base = dict(
         game="pong",
         total_steps=64,
@@ -23,14 +25,14 @@ def tiny(**kw) -> PPOConfig:  # noqa: ANN003
     return PPOConfig(**base)
 
 
-def test_train_resume_and_export(tmp_path) -> None:  # noqa: ANN001
+def test_train_resume_and_export(tmp_path) -> None:
     run = tmp_path / "run"
-    teacher_path = train_ppo(tiny(total_steps=32), run)
+    teacher_path = train_ppo(tiny_config(total_steps=32), run).teacher_path
     first = torch.load(run / "trainer_state.pt", weights_only=True)
     assert first["global_step"] == 32
     teacher = load_teacher(teacher_path, game="pong")
     assert teacher.num_actions == 6
-    train_ppo(tiny(total_steps=64), run)  # the same run, longer: resumes at step 32
+    train_ppo(tiny_config(total_steps=64), run)  # the same run, longer: resumes at step 32
     second = torch.load(run / "trainer_state.pt", weights_only=True)
     assert second["global_step"] == 64 and second["update"] == 2
     assert any(not torch.equal(first["model"][k], second["model"][k]) for k in first["model"])
@@ -39,5 +41,58 @@ def test_train_resume_and_export(tmp_path) -> None:  # noqa: ANN001
     assert record["training"]["agent_steps"] == 64
     assert all(v.dtype == torch.float16 for v in record["state_dict"].values())
     # Continuing in a new directory from the exported teacher keeps the step count.
-    train_ppo(tiny(total_steps=96), tmp_path / "again", init_from=shipped)
+    train_ppo(tiny_config(total_steps=96), tmp_path / "again", init_from=shipped)
     assert torch.load(tmp_path / "again" / "trainer_state.pt", weights_only=True)["global_step"] == 96
+
+
+def test_continuing_from_an_export_keeps_schedule_machines_and_curve(tmp_path) -> None:
+    """A teacher continued in a new session from its committed export resumes the learning-rate
+    schedule at its step, and keeps the record of machines and the learning curve."""
+    run = tmp_path / "run"
+    train_ppo(tiny_config(total_steps=64, precision="fp32"), run)
+    shipped = export_teacher(run, tmp_path / "pong.pt")
+    record = torch.load(shipped, weights_only=True)["training"]
+    assert record["finished"] is True and record["agent_steps"] == 64
+    (segment,) = record["segments"]
+    assert (segment["from_step"], segment["to_step"], segment["precision"]) == (0, 64, "fp32")
+    assert segment["cpu_capability"] and segment["wall_time_s"] > 0
+
+    result = train_ppo(tiny_config(total_steps=128, precision="fp32"), tmp_path / "next", init_from=shipped)
+    assert result.agent_steps == 128 and result.steps_this_call == 64 and result.finished
+    state = torch.load(tmp_path / "next" / "trainer_state.pt", weights_only=True)
+    assert state["update"] == 4  # updates 3 and 4 of 4: the schedule resumed where it stopped
+    assert [(s["from_step"], s["to_step"]) for s in state["segments"]] == [(0, 64), (64, 128)]
+    assert state["curve"][: len(record["curve"])] == record["curve"]
+
+
+def test_stop_after_seconds_checkpoints_and_resumes(tmp_path) -> None:
+    run = tmp_path / "run"
+    first = train_ppo(tiny_config(total_steps=96), run, stop_after_s=0.0)  # stops after its first update
+    assert not first.finished and first.agent_steps == 32
+    assert torch.load(run / "trainer_state.pt", weights_only=True)["global_step"] == 32
+    assert train_ppo(tiny_config(total_steps=96), run).finished
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"num_envs": 0}, "num_envs must be at least 1, got 0"),
+        ({"learning_rate": float("nan")}, "learning_rate must lie in"),
+        ({"learning_rate": -1e-4}, "learning_rate must lie in"),
+        ({"total_steps": 0}, "total_steps must be at least 1"),
+        ({"gamma": 1.5}, "gamma must lie in [0, 1], got 1.5"),
+        ({"num_minibatches": 3}, "num_minibatches must divide"),
+        ({"precision": "fp16"}, "precision must be one of auto, fp32, bf16"),
+    ],
+)
+def test_trainer_settings_are_checked(overrides, message) -> None:
+    with pytest.raises(ConfigError) as info:
+        tiny_config(**overrides)
+    assert message in str(info.value)
+    assert info.value.problems[0][0] == next(iter(overrides))
+
+
+def test_resume_names_the_setting_that_differs(tmp_path) -> None:
+    train_ppo(tiny_config(total_steps=32), tmp_path)
+    with pytest.raises(UserError, match=r"other settings \(ent_coef 0.01 -> 0.02\)"):
+        train_ppo(tiny_config(total_steps=32, ent_coef=0.02), tmp_path)

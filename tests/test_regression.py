@@ -5,19 +5,17 @@ from __future__ import annotations
 import argparse
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
 
-from policy_distill.errors import UserError
-from policy_distill.regression.benchmark import (
-    RegressionConfig,
-    check_claims,
-    make_test_sets,
-    register,
-    train_group,
-)
-from policy_distill.regression.functions import FUNCTIONS
+from policy_distill.errors import ConfigError, UserError
+from policy_distill.experiments.regression.benchmark import register
+from policy_distill.experiments.regression.config import RegressionConfig
+from policy_distill.experiments.regression.functions import FUNCTIONS
+from policy_distill.experiments.regression.statistics import check_claims
+from policy_distill.experiments.regression.training import make_test_sets, train_group
 
 # Domains and minima as printed in the paper's supplementary section 2 (and the usual references
 # for the minimisers); the minima catch a mistyped formula, which the gradient test cannot.
@@ -130,7 +128,7 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def test_command_writes_table_figure_and_resumes(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_command_writes_table_figure_and_resumes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     argv = [
         "regression-benchmark",
         "--out",
@@ -167,5 +165,23 @@ def test_command_writes_table_figure_and_resumes(tmp_path, capsys: pytest.Captur
 
 
 def test_unknown_function_is_a_user_error() -> None:
-    with pytest.raises(UserError, match="unknown function"):
-        RegressionConfig(functions="ackley,himmelblau").check()
+    with pytest.raises(UserError, match="unknown function") as error:
+        RegressionConfig(functions="ackley,himmelblau")
+    assert isinstance(error.value, ConfigError) and error.value.problems[0][0] == "functions"
+
+
+@pytest.mark.parametrize(
+    ("settings", "field"),
+    [
+        ({"sizes": "20,x"}, "sizes"),
+        ({"sizes": "0,20"}, "sizes"),
+        ({"steps": 0}, "steps"),
+        ({"learning_rate": 0.0}, "learning_rate"),
+        ({"final_learning_rate": 1.0}, "final_learning_rate"),
+    ],
+)
+def test_bad_settings_are_named_by_field(settings: dict[str, object], field: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        RegressionConfig(**settings)  # type: ignore[arg-type]
+    assert [name for name, _ in error.value.problems] == [field]
+    assert str(error.value).startswith(f"invalid regression benchmark settings: {field} ")

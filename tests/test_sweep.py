@@ -13,11 +13,9 @@ import pytest
 import torch
 
 import policy_distill.distill as distill_module
-from agents.loading import load_teacher
 from policy_distill.checkpoint import hardware_description
-from policy_distill.collect import CollectConfig, collect
 from policy_distill.errors import UserError
-from policy_distill.report import (
+from policy_distill.experiments.report import (
     ReportConfig,
     Summary,
     claim_sentences,
@@ -25,38 +23,25 @@ from policy_distill.report import (
     make_report,
     t_quantile_975,
 )
-from policy_distill.settings import EnvSettings
-from policy_distill.sweep import SweepConfig, append_row, latest_rows, load_hparams, read_rows, reproduce
-
-SHORT = EnvSettings("pong", max_episode_frames=240)
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):  # noqa: ANN001, ANN201
-    """A random teacher and 400 frames it recorded (several short episodes)."""
-    from agents.networks import TeacherNet
-    from agents.teacher_file import teacher_record
-    from policy_distill.checkpoint import atomic_torch_save
-
-    root = tmp_path_factory.mktemp("tiny")
-    torch.manual_seed(0)
-    atomic_torch_save(teacher_record(TeacherNet(6).state_dict(), SHORT, {}), root / "teacher.pt")
-    collect(
-        load_teacher(root / "teacher.pt"),
-        CollectConfig(frames=400, num_envs=4, batch_size=2),
-        root / "data",
-        progress=False,
-    )
-    return root
+from policy_distill.experiments.sweep import (
+    SweepConfig,
+    append_row,
+    latest_rows,
+    load_hparams,
+    read_rows,
+    reproduce,
+)
 
 
-def write_hparams(path: Path, **games: dict) -> Path:  # noqa: ANN003
-    entries = games or {"pong": {"learning_rate": 1e-3, "alpha": 0.5, "steps": 2, "chosen_by": "a test"}}
+def write_hparams(path: Path, **games: dict) -> Path:
+    entries = games or {
+        "pong": {"learning_rate": 1e-3, "alpha": 0.5, "steps": 2, "chosen_by": "a test", "precision": "fp32"}
+    }
     path.write_text(json.dumps({"_comment": "test", **entries}))
     return path
 
 
-def sweep_config(tiny: Path, out: Path, **overrides) -> SweepConfig:  # noqa: ANN003
+def sweep_config(tiny: Path, out: Path, **overrides) -> SweepConfig:
     base = dict(
         games="pong",
         fractions="0.3,0.6",
@@ -80,7 +65,7 @@ def lines(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-def test_sweep_writes_a_row_per_run_and_never_repeats_one(tiny, tmp_path, monkeypatch, capsys) -> None:  # noqa: ANN001
+def test_sweep_writes_a_row_per_run_and_never_repeats_one(tiny, tmp_path, monkeypatch, capsys) -> None:
     write_hparams(tmp_path / "hparams.json")
     cfg = sweep_config(tiny, tmp_path)
     first = reproduce(cfg)
@@ -113,7 +98,7 @@ def test_sweep_writes_a_row_per_run_and_never_repeats_one(tiny, tmp_path, monkey
 
     calls = {"distill": 0}
 
-    def counting(cfg):  # noqa: ANN001, ANN202
+    def counting(cfg):
         calls["distill"] += 1
         raise AssertionError("a finished run was run again")
 
@@ -141,7 +126,7 @@ def test_sweep_writes_a_row_per_run_and_never_repeats_one(tiny, tmp_path, monkey
     monkeypatch.undo()
     write_hparams(
         tmp_path / "hparams.json",
-        pong={"learning_rate": 1e-3, "alpha": 0.5, "steps": 4, "chosen_by": "longer"},
+        pong={"learning_rate": 1e-3, "alpha": 0.5, "steps": 4, "chosen_by": "longer", "precision": "fp32"},
     )
     longer = reproduce(dataclass_replace(cfg, fractions="0.3", methods="kl"))
     assert (longer["ran"], longer["skipped"]) == (1, 0)
@@ -150,10 +135,10 @@ def test_sweep_writes_a_row_per_run_and_never_repeats_one(tiny, tmp_path, monkey
     assert torch.load(Path(row["run_dir"]) / "latest.pt", weights_only=True)["step"] == 4
 
 
-def test_precision_is_part_of_a_cells_identity(tiny, tmp_path) -> None:  # noqa: ANN001
+def test_precision_is_part_of_a_cells_identity(tiny, tmp_path) -> None:
     """A bf16 entry runs bf16 students in their own directories; rows written before precision
     existed count as fp32, so neither kind of run is taken for the other."""
-    entry = {"learning_rate": 1e-3, "alpha": 0.5, "steps": 2, "chosen_by": "a test"}
+    entry = {"learning_rate": 1e-3, "alpha": 0.5, "steps": 2, "chosen_by": "a test", "precision": "fp32"}
     write_hparams(tmp_path / "hparams.json", pong=entry)
     cfg = sweep_config(tiny, tmp_path, fractions="0.5", methods="sobolev")
     assert reproduce(cfg)["ran"] == 1
@@ -173,17 +158,17 @@ def test_precision_is_part_of_a_cells_identity(tiny, tmp_path) -> None:  # noqa:
     assert reproduce(cfg)["skipped"] == 1
 
     write_hparams(tmp_path / "bad.json", pong={**entry, "precision": "fp16"})
-    with pytest.raises(UserError, match="precision must be fp32 or bf16"):
+    with pytest.raises(UserError, match="precision must be auto, fp32 or bf16"):
         load_hparams(tmp_path / "bad.json")
 
 
-def dataclass_replace(cfg: SweepConfig, **changes) -> SweepConfig:  # noqa: ANN003
+def dataclass_replace(cfg: SweepConfig, **changes) -> SweepConfig:
     import dataclasses
 
     return dataclasses.replace(cfg, **changes)
 
 
-def test_missing_game_in_hparams_is_a_one_line_error(tiny, tmp_path) -> None:  # noqa: ANN001
+def test_missing_game_in_hparams_is_a_one_line_error(tiny, tmp_path) -> None:
     path = write_hparams(
         tmp_path / "hparams.json", breakout={"learning_rate": 1e-3, "alpha": 1, "steps": 2, "chosen_by": "x"}
     )
@@ -211,21 +196,21 @@ def test_missing_game_in_hparams_is_a_one_line_error(tiny, tmp_path) -> None:  #
         ({"learning_rate": 1e-3, "alpha": 1, "steps": 2.5, "chosen_by": "x"}, "steps must be an integer"),
     ],
 )
-def test_bad_hparams_entries_are_refused(tmp_path, entry: dict, expected: str) -> None:  # noqa: ANN001
+def test_bad_hparams_entries_are_refused(tmp_path, entry: dict, expected: str) -> None:
     path = write_hparams(tmp_path / "h.json", pong=entry)
     with pytest.raises(UserError, match=expected):
         load_hparams(path)
     assert load_hparams(write_hparams(tmp_path / "ok.json"))["pong"].chosen_by == "a test"
 
 
-def test_rows_of_another_teacher_are_not_mixed_in(tiny, tmp_path) -> None:  # noqa: ANN001
+def test_rows_of_another_teacher_are_not_mixed_in(tiny, tmp_path) -> None:
     write_hparams(tmp_path / "hparams.json")
     append_row(tmp_path / "results.jsonl", {"game": "pong", "method": "kl", "teacher_sha256": "0" * 64})
     with pytest.raises(UserError, match="another teacher or dataset"):
         reproduce(sweep_config(tiny, tmp_path))
 
 
-def test_a_line_cut_short_neither_breaks_reading_nor_swallows_the_next_row(tmp_path, capsys) -> None:  # noqa: ANN001
+def test_a_line_cut_short_neither_breaks_reading_nor_swallows_the_next_row(tmp_path, capsys) -> None:
     path = tmp_path / "r.jsonl"
     append_row(path, {"game": "pong", "n": 1})
     with open(path, "a") as f:
@@ -333,7 +318,7 @@ def write_report(tmp_path: Path, sobolev_shift: float) -> tuple[dict, str, Summa
     return result, (tmp_path / "docs" / "README.md").read_text(), summary
 
 
-def test_report_writes_page_and_figures_with_intervals(tmp_path) -> None:  # noqa: ANN001
+def test_report_writes_page_and_figures_with_intervals(tmp_path) -> None:
     result, page, summary = write_report(tmp_path, sobolev_shift=-0.2)
     for name in ("figure4.png", "gradient_fidelity.png"):
         data = (tmp_path / "docs" / name).read_bytes()
@@ -357,7 +342,7 @@ def test_report_writes_page_and_figures_with_intervals(tmp_path) -> None:  # noq
     assert "python -m policy_distill reproduce --games pong --fractions 0.1,0.5,0.8" in page
 
 
-def test_claim_sentences_follow_the_numbers(tmp_path) -> None:  # noqa: ANN001
+def test_claim_sentences_follow_the_numbers(tmp_path) -> None:
     _, page, summary = write_report(tmp_path / "lower", sobolev_shift=-0.1)
     sentences = " ".join(claim_sentences(summary, "pong"))
     expected = (
@@ -376,7 +361,7 @@ def test_claim_sentences_follow_the_numbers(tmp_path) -> None:  # noqa: ANN001
     assert "lower than KL-only's at 2 of 2" not in page
 
 
-def test_report_cli_prints_json_and_needs_a_table(tmp_path) -> None:  # noqa: ANN001
+def test_report_cli_prints_json_and_needs_a_table(tmp_path) -> None:
     write_report(tmp_path, sobolev_shift=-0.2)
     args = [sys.executable, "-m", "policy_distill", "report", "--hparams", str(tmp_path / "hparams.json")]
     ok = subprocess.run(
@@ -396,7 +381,7 @@ def test_report_cli_prints_json_and_needs_a_table(tmp_path) -> None:  # noqa: AN
     )
 
 
-def test_report_places_a_hand_written_discussion_and_refuses_a_missing_one(tmp_path) -> None:  # noqa: ANN001
+def test_report_places_a_hand_written_discussion_and_refuses_a_missing_one(tmp_path) -> None:
     _, page, _ = write_report(tmp_path, sobolev_shift=-0.2)
     assert "## Discussion" not in page
     (tmp_path / "docs" / "discussion.md").write_text("Why the gap is small on Pong.\n")
@@ -412,7 +397,7 @@ def test_report_places_a_hand_written_discussion_and_refuses_a_missing_one(tmp_p
         page.index("## Do the paper's claims hold?") < page.index("## Discussion") < page.index("## Waiting")
     )
     assert "Why the gap is small on Pong." in page
-    with pytest.raises(UserError, match="--discussion .*nope.md: no such file"):
+    with pytest.raises(UserError, match="`discussion` .*nope.md: no such file"):
         make_report(
             ReportConfig(
                 results=str(tmp_path / "results.jsonl"),

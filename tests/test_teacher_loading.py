@@ -30,21 +30,21 @@ def test_shipped_pong_teacher_loads_frozen_with_its_settings() -> None:
     assert len(teacher.source.sha256) == 64 and teacher.source.kind == "policy-distill"
 
 
-def test_wrong_game_is_refused(make_teacher_file) -> None:  # noqa: ANN001
+def test_wrong_game_is_refused(make_teacher_file) -> None:
     path = make_teacher_file(EnvSettings("pong"))
     with pytest.raises(UserError) as err:
         load_teacher(path, game="breakout")
     assert "plays pong, not breakout" in _one_line(err)
 
 
-def test_settings_mismatch_is_refused(make_teacher_file) -> None:  # noqa: ANN001
+def test_settings_mismatch_is_refused(make_teacher_file) -> None:
     path = make_teacher_file(EnvSettings("pong"))
     with pytest.raises(UserError) as err:
         load_teacher(path, settings=EnvSettings("pong", frameskip=3))
     assert "frameskip: 4 != 3" in _one_line(err)
 
 
-def test_truncated_file_is_refused(make_teacher_file, tmp_path) -> None:  # noqa: ANN001
+def test_truncated_file_is_refused(make_teacher_file, tmp_path) -> None:
     data = make_teacher_file().read_bytes()
     cut = tmp_path / "cut.pt"
     cut.write_bytes(data[: len(data) // 2])
@@ -56,11 +56,11 @@ def test_truncated_file_is_refused(make_teacher_file, tmp_path) -> None:  # noqa
 class Payload:
     """Unpickling this would run code; weights_only loading must refuse it."""
 
-    def __reduce__(self):  # noqa: ANN204
+    def __reduce__(self):
         return (print, ("owned",))
 
 
-def test_pickled_payload_is_refused(tmp_path, capsys) -> None:  # noqa: ANN001
+def test_pickled_payload_is_refused(tmp_path, capsys) -> None:
     path = tmp_path / "evil.pt"
     torch.save({"format": "policy-distill/teacher", "state_dict": Payload()}, path)
     with pytest.raises(UserError) as err:
@@ -69,7 +69,7 @@ def test_pickled_payload_is_refused(tmp_path, capsys) -> None:  # noqa: ANN001
     assert "owned" not in capsys.readouterr().out
 
 
-def test_plain_pickle_file_is_refused(tmp_path) -> None:  # noqa: ANN001
+def test_plain_pickle_file_is_refused(tmp_path) -> None:
     path = tmp_path / "plain.pt"
     path.write_bytes(pickle.dumps({"a": 1}))
     with pytest.raises(UserError) as err:
@@ -77,7 +77,7 @@ def test_plain_pickle_file_is_refused(tmp_path) -> None:  # noqa: ANN001
     _one_line(err)
 
 
-def test_foreign_checkpoint_is_refused(tmp_path) -> None:  # noqa: ANN001
+def test_foreign_checkpoint_is_refused(tmp_path) -> None:
     path = tmp_path / "other.pt"
     torch.save({"format": "policy-distill/student"}, path)
     with pytest.raises(UserError) as err:
@@ -85,7 +85,7 @@ def test_foreign_checkpoint_is_refused(tmp_path) -> None:  # noqa: ANN001
     assert "not a teacher checkpoint" in _one_line(err)
 
 
-def test_unknown_name_and_missing_path(tmp_path) -> None:  # noqa: ANN001
+def test_unknown_name_and_missing_path(tmp_path) -> None:
     with pytest.raises(UserError, match="no shipped teacher"):
         load_teacher("tetris")
     with pytest.raises(UserError, match="does not exist"):

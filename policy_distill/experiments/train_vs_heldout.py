@@ -4,7 +4,7 @@ The training KL is the mean of the logged batch KL (``losses/kl``, every 50 step
 last 500 steps, read from its TensorBoard events; the held-out KL is the results row's
 ``final_kl``. Their ratio shows which students memorised their training frames.
 
-    python docs/reproduce/train_vs_heldout.py docs/reproduce/results.jsonl
+    python -m policy_distill.experiments.train_vs_heldout docs/reproduce/results.jsonl
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from collections import defaultdict
 import numpy as np
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from policy_distill.sweep import latest_rows, read_rows
+from policy_distill.experiments.sweep import latest_rows, read_rows
 
 
 def training_kl(run_dir: str, last_steps: int = 500) -> float:

@@ -26,6 +26,7 @@ each key (:func:`latest_rows`).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -36,8 +37,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from policy_distill.distill import TrainingSchedule
 from policy_distill.errors import UserError
-from policy_distill.settings import PRECISIONS, game_info
+from policy_distill.settings import PRECISION_CHOICES, game_info
 
 METHODS = ("kl", "sobolev")
 """``kl``: KL(pi || pi*) alone (alpha = 0); ``sobolev``: KL + alpha * the Sobolev term."""
@@ -54,7 +56,7 @@ KEY_DEFAULTS = {"precision": "fp32"}
 
 
 @dataclass(frozen=True)
-class SweepConfig:
+class SweepConfig(TrainingSchedule):
     """The reproduction grid; the defaults are the paper's fractions, both methods, three seeds."""
 
     games: str = "pong"
@@ -78,25 +80,15 @@ class SweepConfig:
     score_episodes: int = 0
     """Games to play with each student of the largest fraction and once with each teacher (0: none)."""
     score_fraction: float = 0.0
-    """Fraction whose students are played (0: the largest of --fractions; give it when the
+    """Fraction whose students are played (0: the largest of the fractions; give it when the
     fractions are split over machines)."""
     score_seed: int = 1000
     """Evaluation seed of the games played (evaluate's default)."""
-    device: str = "auto"
-    """auto (CUDA when present), cpu or cuda."""
-    batch_size: int = 200
-    """Frames per step (the paper's 200); only tests should need another value."""
-    eval_every: int = 500
-    """Steps between held-out evaluations and checkpoints."""
-    eval_frames: int = 10_000
-    """Test frames for action error and KL (evenly spaced over the test split)."""
-    fidelity_frames: int = 128
-    """Fixed test frames for gradient fidelity."""
 
     def game_list(self) -> list[str]:
         names = [game_info(g).name for g in _items(self.games)]
         if not names:
-            raise UserError("--games is empty; give e.g. --games pong")
+            raise UserError("`games` is empty; give e.g. pong")
         return list(dict.fromkeys(names))
 
     def fraction_list(self) -> list[float]:
@@ -109,20 +101,23 @@ class SweepConfig:
         methods = [m.lower() for m in _items(self.methods)]
         unknown = [m for m in methods if m not in METHODS]
         if unknown or not methods:
-            raise UserError(f"--methods {self.methods!r}: use kl, sobolev or both (comma-separated)")
+            raise UserError(f"`methods` {self.methods!r}: use kl, sobolev or both (comma-separated)")
         return [m for m in METHODS if m in methods]
 
+    def __post_init__(self) -> None:
+        self.check()
+
     def check(self) -> None:
-        """Raise UserError for settings that cannot run."""
+        """Raise UserError for settings that cannot run (messages name the fields)."""
         self.game_list()
         self.seed_list()
         self.method_list()
         fractions = self.fraction_list()
         if self.score_episodes < 0:
-            raise UserError(f"--score-episodes must be >= 0, got {self.score_episodes}")
+            raise UserError(f"`score_episodes` must be >= 0, got {self.score_episodes}")
         if self.score_fraction and self.score_fraction not in fractions:
             raise UserError(
-                f"--score-fraction {self.score_fraction:g} is not one of --fractions {self.fractions}"
+                f"`score_fraction` {self.score_fraction:g} is not one of `fractions` {self.fractions}"
             )
 
     def scored_fraction(self) -> float:
@@ -138,9 +133,9 @@ def parse_fractions(text: str) -> list[float]:
     try:
         values = sorted({float(t) for t in _items(text)})
     except ValueError:
-        raise UserError(f"--fractions must be comma-separated numbers, got {text!r}") from None
+        raise UserError(f"`fractions` must be comma-separated numbers, got {text!r}") from None
     if not values or not all(0 < f < 1 for f in values):
-        raise UserError(f"--fractions must lie in (0, 1) (the rest of the recording tests), got {text!r}")
+        raise UserError(f"`fractions` must lie in (0, 1) (the rest of the recording tests), got {text!r}")
     return values
 
 
@@ -149,9 +144,9 @@ def parse_seeds(text: str) -> list[int]:
     try:
         values = sorted({int(t) for t in _items(text)})
     except ValueError:
-        raise UserError(f"--seeds must be comma-separated integers, got {text!r}") from None
+        raise UserError(f"`seeds` must be comma-separated integers, got {text!r}") from None
     if not values or values[0] < 0:
-        raise UserError(f"--seeds must be non-negative integers, got {text!r}")
+        raise UserError(f"`seeds` must be non-negative integers, got {text!r}")
     return values
 
 
@@ -167,9 +162,10 @@ class GameHparams:
     """Optimiser steps of every run."""
     chosen_by: str
     """Free text: how these values were chosen."""
-    precision: str = "fp32"
-    """fp32, or bf16: train under bf16 autocast (distill --precision). Optional in the file;
-    part of a cell's identity, so fp32 and bf16 runs of a cell are never confused."""
+    precision: str = "auto"
+    """auto, fp32 or bf16 (distill's precision). Optional in the file (default auto: bf16 where
+    the hardware does bf16 natively, else fp32). The resolved precision is part of a cell's
+    identity, so fp32 and bf16 runs of a cell are never confused."""
 
     def alpha_for(self, method: str) -> float:
         return self.alpha if method == "sobolev" else 0.0
@@ -187,7 +183,9 @@ def load_hparams(path: str | Path) -> dict[str, GameHparams]:
     try:
         raw = json.loads(path.read_text())
     except FileNotFoundError:
-        raise UserError(f"hyperparameter file {path} does not exist; write it or pass --hparams") from None
+        raise UserError(
+            f"hyperparameter file {path} does not exist; write it or pass another `hparams`"
+        ) from None
     except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"hyperparameter file {path} is not valid JSON ({str(e).splitlines()[0]})") from None
     if not isinstance(raw, dict):
@@ -212,9 +210,9 @@ def load_hparams(path: str | Path) -> dict[str, GameHparams]:
             raise UserError(f"{where}: steps must be an integer >= 1, got {steps!r}")
         if not isinstance(chosen_by, str) or not chosen_by.strip():
             raise UserError(f"{where}: chosen_by must say how the values were chosen")
-        precision = entry.get("precision", "fp32")
-        if precision not in PRECISIONS:
-            raise UserError(f"{where}: precision must be fp32 or bf16, got {precision!r}")
+        precision = entry.get("precision", "auto")
+        if precision not in PRECISION_CHOICES:
+            raise UserError(f"{where}: precision must be auto, fp32 or bf16, got {precision!r}")
         out[game] = GameHparams(float(lr), float(alpha), steps, " ".join(chosen_by.split()), precision)
     return out
 
@@ -365,7 +363,7 @@ def reproduce(cfg: SweepConfig) -> dict[str, Any]:
     """
     from agents.loading import load_teacher
     from policy_distill.checkpoint import hardware_description
-    from policy_distill.devices import pick_device
+    from policy_distill.devices import pick_device, resolve_precision
 
     cfg.check()
     games, fractions, seeds, methods = (
@@ -375,7 +373,11 @@ def reproduce(cfg: SweepConfig) -> dict[str, Any]:
         cfg.method_list(),
     )
     hparams = load_hparams(cfg.hparams)
-    chosen = {game: hparams_for(hparams, game, cfg.hparams) for game in games}  # all errors before any run
+    device = pick_device(cfg.device)
+    chosen = {  # all errors before any run; "auto" precision resolved for this machine
+        game: dataclasses.replace(hp, precision=resolve_precision(hp.precision, device))
+        for game, hp in ((game, hparams_for(hparams, game, cfg.hparams)) for game in games)
+    }
     results = Path(cfg.results)
     done = {row_key(r): r for r in latest_rows(read_rows(results))}
     scored_fraction = cfg.scored_fraction()
@@ -385,7 +387,7 @@ def reproduce(cfg: SweepConfig) -> dict[str, Any]:
     index = 0
     for game in games:
         hp = chosen[game]
-        teacher = load_teacher(_teacher_ref(cfg, game), game=game, device=pick_device(cfg.device))
+        teacher = load_teacher(_teacher_ref(cfg, game), game=game, device=device)
         _check_provenance(cfg, game, teacher, done.values())
         for fraction in fractions:
             for method in methods:
@@ -438,12 +440,13 @@ def _check_provenance(cfg: SweepConfig, game: str, teacher: Any, rows: Iterable[
             continue
         raise UserError(
             f"{cfg.results} holds {game} runs made with another teacher or dataset than {what}; "
-            "pass a new --results and --runs-dir for these"
+            "pass a new `results` and `runs_dir` for these"
         )
 
 
 def _run_cell(cfg: SweepConfig, key: tuple[Any, ...], label: str, hardware: str) -> dict[str, Any]:
     """One distill() run of a cell; returns its results row (not yet written)."""
+    from policy_distill.devices import cpu_capability
     from policy_distill.distill import DistillConfig, distill
 
     cell = dict(zip(KEY_FIELDS, key))
@@ -454,15 +457,11 @@ def _run_cell(cfg: SweepConfig, key: tuple[Any, ...], label: str, hardware: str)
         data=cfg.data.replace("{game}", game),
         train_fraction=fraction,
         steps=cell["steps"],
-        batch_size=cfg.batch_size,
         learning_rate=cell["learning_rate"],
         alpha=cell["alpha"],
-        eval_every=cfg.eval_every,
-        eval_frames=cfg.eval_frames,
-        fidelity_frames=cfg.fidelity_frames,
         seed=seed,
-        device=cfg.device,
         precision=cell["precision"],
+        **{f.name: getattr(cfg, f.name) for f in dataclasses.fields(TrainingSchedule)},
         runs_dir=cfg.runs_dir,
     )
     resumed_from = _resume_step(run_cfg.run_dir)
@@ -482,6 +481,7 @@ def _run_cell(cfg: SweepConfig, key: tuple[Any, ...], label: str, hardware: str)
         "wall_s": seconds,
         "resumed_from_step": resumed_from,
         "hardware": hardware,
+        "cpu_capability": cpu_capability(),
         "device": cfg.device,
         "run_dir": result["run_dir"],
         "best_checkpoint": result["best_checkpoint"],

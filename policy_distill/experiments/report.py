@@ -18,6 +18,7 @@ sentences are computed from the numbers in the table.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import math
 import shlex
@@ -30,10 +31,11 @@ from typing import Any
 import numpy as np
 
 from policy_distill.errors import UserError
-from policy_distill.sweep import (
+from policy_distill.experiments.sweep import (
     DEFAULT_FRACTIONS,
     DEFAULT_HPARAMS,
     DEFAULT_RESULTS,
+    KEY_FIELDS,
     METHODS,
     GameHparams,
     SweepConfig,
@@ -155,6 +157,8 @@ class Summary:
         kept = []
         for r in students:
             hp = hparams.get(r["game"])
+            if hp is not None and hp.precision == "auto":  # rows carry the precision it resolved to
+                hp = dataclasses.replace(hp, precision=row_key(r)[KEY_FIELDS.index("precision")])
             if hp is not None and row_key(r) != cell_key(
                 r["game"], r["method"], r["train_fraction"], r["seed"], hp
             ):
@@ -614,7 +618,7 @@ def make_report(cfg: ReportConfig) -> dict[str, Any]:
     from policy_distill.checkpoint import atomic_write_bytes
 
     if cfg.metrics not in ("final", "best"):
-        raise UserError(f"--metrics {cfg.metrics!r}: use final or best")
+        raise UserError(f"`metrics` {cfg.metrics!r}: use final or best")
     fractions, seeds = parse_fractions(cfg.fractions), parse_seeds(cfg.seeds)
     paths = [p.strip() for p in cfg.results.split(",") if p.strip()]
     missing = [p for p in paths if not Path(p).is_file()]
@@ -623,7 +627,7 @@ def make_report(cfg: ReportConfig) -> dict[str, Any]:
             f"no results table at {', '.join(missing) or repr(cfg.results)}; run `reproduce` first"
         )
     if cfg.discussion and not Path(cfg.discussion).is_file():
-        raise UserError(f"--discussion {cfg.discussion}: no such file; write it or leave --discussion out")
+        raise UserError(f"`discussion` {cfg.discussion}: no such file; write it or leave `discussion` out")
     hparams = load_hparams(cfg.hparams)
     summary = Summary(latest_rows(read_rows(paths)), hparams, cfg.metrics)
     out = Path(cfg.out)
