@@ -120,6 +120,9 @@ class ImportedTeacher:
     """``sb3-ppo``, ``sb3-a2c``, ``sb3-dqn``, ``sb3-qrdqn``, ``cleanrl-ppo`` or ``cleanrl-dqn``."""
     settings: EnvSettings
     """See :func:`imported_settings`."""
+    game_source: str = "user"
+    """Where the game came from: ``file name`` (an RL Zoo name) or ``user`` (taken on the caller's
+    word: the file does not record it)."""
 
 
 def imported_settings(game: str) -> EnvSettings:
@@ -454,7 +457,12 @@ def load_sb3_zip(path: str | Path, *, game: str | None = None) -> ImportedTeache
         temperature=1.0 if head == "logits" else Q_TEMPERATURE,
     )
     _load_mapped(net, mapped, path)
-    return ImportedTeacher(net=net, kind=_sb3_kind(family, data), settings=imported_settings(chosen))
+    return ImportedTeacher(
+        net=net,
+        kind=_sb3_kind(family, data),
+        settings=imported_settings(chosen),
+        game_source="file name" if game_from_file_name(path) is not None else "user",
+    )
 
 
 def _check_input_size(mapped: dict[str, Tensor], path: Path, what: str) -> None:

@@ -6,6 +6,7 @@ CleanRL state dicts) plug in beside the toolkit's own format.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,10 @@ class TeacherSource:
     kind: str
     """Loader kind: ``policy-distill``, or for imported teachers ``sb3-ppo``, ``sb3-a2c``,
     ``sb3-dqn``, ``sb3-qrdqn``, ``cleanrl-ppo``, ``cleanrl-dqn`` (see ``agents/imported.py``)."""
+    game_source: str = "file"
+    """Where its game came from: ``file`` (recorded in it), ``file name`` (an RL Zoo name) or
+    ``user`` (the file does not record it, and another game has as many actions: taken on the
+    user's word, see :func:`load_teacher`)."""
 
 
 class Teacher(nn.Module):
@@ -165,6 +170,18 @@ def _load_native(record: Any, path: Path) -> tuple[nn.Module, EnvSettings]:
     return net, settings
 
 
+def _warn_game_on_trust(path: Path, game: str) -> None:
+    """Warn (stderr) when a file that does not record its game fits another game's action count."""
+    same = [g for g, info in GAMES.items() if g != game and info.num_actions == GAMES[game].num_actions]
+    if same:
+        print(
+            f"warning: teacher {str(path)!r} does not record its game and {', '.join(same)} has as many "
+            f"actions ({GAMES[game].num_actions}) as {game}: taking {game} on your word (recorded as "
+            "game_source 'user' in the datasets and students made with it)",
+            file=sys.stderr,
+        )
+
+
 def load_teacher(
     name_or_path: str | Path,
     *,
@@ -189,15 +206,17 @@ def load_teacher(
             settings that do not match, each as one line naming the fix.
     """
     path, name = _resolve(name_or_path)
-    kind = "policy-distill"
+    kind, game_source = "policy-distill", "file"
     if is_sb3_zip(path) or (path.suffix == ".zip" and path.is_file()):
         imported = load_sb3_zip(path, game=game)
         net, teacher_settings, kind = imported.net, imported.settings, imported.kind
+        game_source = imported.game_source
     else:
         record = safe_torch_load(path, what="teacher checkpoint")
         if is_cleanrl_state_dict(record):
             imported = load_cleanrl_state_dict(record, path, game=game)
             net, teacher_settings, kind = imported.net, imported.settings, imported.kind
+            game_source = imported.game_source
         else:
             net, teacher_settings = _load_native(record, path)
     if game is not None and game_info(game).name != teacher_settings.game:
@@ -207,7 +226,11 @@ def load_teacher(
         )
     if settings is not None:
         teacher_settings.check_matches(settings, mine="teacher", theirs="environment")
-    source = TeacherSource(name=name, path=str(path.resolve()), sha256=sha256_file(path), kind=kind)
+    if game_source == "user":
+        _warn_game_on_trust(path, teacher_settings.game)
+    source = TeacherSource(
+        name=name, path=str(path.resolve()), sha256=sha256_file(path), kind=kind, game_source=game_source
+    )
     return Teacher(net, teacher_settings, source).to(device)
 
 

@@ -40,7 +40,16 @@ from policy_distill.checkpoint import (
 )
 from policy_distill.devices import autocast, cpu_capability, pick_device, resolve_precision
 from policy_distill.envs import GameTracker, make_vector_env
-from policy_distill.errors import ConfigError, UserError, at_least, check_fields, one_of, within
+from policy_distill.errors import (
+    MAX_ENV_SEED,
+    MAX_TORCH_SEED,
+    ConfigError,
+    UserError,
+    at_least,
+    check_fields,
+    one_of,
+    within,
+)
 from policy_distill.policy import to_float
 from policy_distill.settings import PRECISION_CHOICES, EnvSettings, game_info
 
@@ -128,7 +137,7 @@ class PPOConfig:
                 within(self, name, 0, math.inf, open_high=True)
                 for name in ("ent_coef", "vf_coef", "max_grad_norm")
             ),
-            at_least(self, "seed", 0),
+            within(self, "seed", 0, MAX_TORCH_SEED),
             one_of(self, "precision", PRECISION_CHOICES),
         ]
         check_fields("trainer settings", checks)
@@ -193,7 +202,11 @@ class ExportTeacherConfig:
     """Evaluation seed of the model card's games."""
 
     def __post_init__(self) -> None:
-        check_fields("export settings", [at_least(self, "card_episodes", 0), at_least(self, "seed", 0)])
+        check_fields(
+            "export settings",
+            # The model card's games run on 8 emulators seeded seed .. seed + 7 (32-bit in ale-py).
+            [at_least(self, "card_episodes", 0), within(self, "seed", 0, MAX_ENV_SEED + 1 - 8)],
+        )
 
 
 def _ppo_loss(

@@ -1,12 +1,19 @@
-"""Training throughput of a KL-only step vs a KL + Sobolev step, side by side, with a profile.
+"""Training throughput of distillation steps, side by side in one run: KL only and each Sobolev
+estimator, float32 and the hardware's resolved precision, channels_last on and off; peak memory.
 
 One step = ``policy_distill.distill.train_step``, the step ``distill`` runs: the loss of a batch
-of 200 frames, backward, Adam. The Sobolev step adds one teacher forward + VJP (no parameter
-gradients) and the student's double backward. Both steps are timed in float32 and under bf16 autocast
-(distill --precision bf16), alternating so that drift in machine load hits all four alike.
-Also prints where the float32 Sobolev step's time goes.
+of 200 frames, backward, Adam. Configurations alternate over ``--repeats`` rounds so that drift
+in machine load hits all alike; the best round is reported. Also prints where the float32 ``vjp``
+(the paper's) step's time goes, and, with ``--memory-frames``, the peak resident memory of
+``distill`` run as a user runs it: once recording the dataset first in the same process (a fresh
+clone), once with the dataset already on disk.
 
-    python benchmarks/distill_throughput.py [--device auto] [--steps 20] [--json]
+    python benchmarks/distill_throughput.py [--device auto] [--steps 20] [--memory-frames 0] [--json]
+
+The JSON object has ``kl_samples_per_s`` and, per estimator, ``<name>_samples_per_s`` and
+``<name>_time_ratio`` (KL-only samples/s over the estimator's: how many KL steps one costs), and
+``best_time_ratio``, all in float32 with channels_last (the defaults), plus every configuration
+measured under ``configurations``.
 """
 
 from __future__ import annotations
@@ -14,14 +21,20 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
+import subprocess
+import sys
+import tempfile
 import time
 
 import torch
 
 from agents.loading import load_teacher
+from policy_distill.checkpoint import hardware_description
 from policy_distill.devices import cpu_capability, pick_device, resolve_precision
 from policy_distill.distill import DistillConfig, train_step
 from policy_distill.losses import (
+    SOBOLEV_ESTIMATORS,
     kl_divergence,
     sample_unit_sphere,
     sobolev_projection_loss,
@@ -35,10 +48,12 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def time_steps(student, teacher, x, logp, alpha: float, steps: int, device, bf16: bool = False) -> float:
+def time_steps(student, teacher, x, logp, cfg: DistillConfig, steps: int, device, bf16: bool) -> float:
     """Samples/s of full training steps (``train_step``: loss, backward, Adam) on one fixed batch."""
+    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    student.to(memory_format=memory_format)
+    teacher.to(memory_format=memory_format)
     opt = torch.optim.Adam(student.parameters(), lr=1e-4)
-    cfg = DistillConfig(alpha=alpha, batch_size=x.shape[0], device=str(device))
     generator = torch.Generator(device=device).manual_seed(0)
     for i in range(steps + 3):  # 3 warm-up steps
         if i == 3:
@@ -49,8 +64,8 @@ def time_steps(student, teacher, x, logp, alpha: float, steps: int, device, bf16
     return steps * x.shape[0] / (time.perf_counter() - start)
 
 
-def profile_sobolev(student, teacher, x, logp, steps: int, device) -> dict[str, float]:
-    """Milliseconds per step in each phase of the Sobolev step."""
+def profile_vjp(student, teacher, x, logp, steps: int, device) -> dict[str, float]:
+    """Milliseconds per step in each phase of the paper's (vjp) Sobolev step, float32."""
     phases = {
         "teacher forward + VJP": 0.0,
         "student forward + KL": 0.0,
@@ -80,68 +95,131 @@ def profile_sobolev(student, teacher, x, logp, steps: int, device) -> dict[str, 
     return phases
 
 
+def peak_memory_of_distill(frames: int, with_dataset: bool, workdir: str) -> float:
+    """Peak resident MB of a ``distill`` process of 20 steps; without the dataset it records
+    ``frames`` first, in the same process, as ``make distill`` does on a fresh clone."""
+    data = os.path.join(workdir, "data")
+    args = [sys.executable, "-m", "policy_distill", "distill", "--game", "pong", "--data", data]
+    args += ["--frames", str(frames), "--steps", "20", "--eval-every", "20", "--no-progress"]
+    args += ["--runs-dir", os.path.join(workdir, f"runs-{with_dataset}")]
+    code = (
+        "import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True, "
+        "stdout=subprocess.DEVNULL); print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
+    )
+    out = subprocess.run([sys.executable, "-c", code, *args], check=True, capture_output=True, text=True)
+    return int(out.stdout.split()[-1]) / 1024
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--teacher", default="pong")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--batch-size", type=int, default=200)
     parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument(
+        "--memory-frames",
+        type=int,
+        default=0,
+        help="also measure distill's peak memory with this many frames",
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     device = pick_device(args.device)
+    resolved = resolve_precision("auto", device)
+    precisions = ["fp32"] if resolved == "fp32" else ["fp32", resolved]
     teacher = load_teacher(args.teacher, device=device)
     torch.manual_seed(0)
     student = StudentNet(StudentArch(num_actions=teacher.num_actions)).to(device)
     x = torch.randint(0, 256, (args.batch_size, 4, 84, 84), device=device).float() / 255
     with torch.no_grad():
         logp = teacher.log_probs(x)
-    rates: dict[tuple[str, str], list[float]] = {}
-    for _ in range(2):  # alternate so that drift in machine load hits all four alike
-        for precision in ("fp32", "bf16"):
-            for method, alpha in (("kl", 0.0), ("sobolev", 0.01)):
-                rate = time_steps(student, teacher, x, logp, alpha, args.steps, device, precision == "bf16")
-                rates.setdefault((precision, method), []).append(rate)
-    best = {key: max(values) for key, values in rates.items()}
-    kl_rate, sob_rate = best[("fp32", "kl")], best[("fp32", "sobolev")]
-    phases = profile_sobolev(student, teacher, x, logp, args.steps, device)
+    methods = ["kl", *SOBOLEV_ESTIMATORS]
+    configs = [(m, p, cl) for p in precisions for cl in (True, False) for m in methods]
+    rates: dict[tuple[str, str, bool], float] = {}
+    for _ in range(args.repeats):
+        for method, precision, channels_last in configs:
+            cfg = DistillConfig(
+                alpha=0.0 if method == "kl" else 0.01,
+                sobolev_estimator="vjp" if method == "kl" else method,
+                batch_size=args.batch_size,
+                channels_last=channels_last,
+                device=str(device),
+            )
+            rate = time_steps(student, teacher, x, logp, cfg, args.steps, device, precision == "bf16")
+            key = (method, precision, channels_last)
+            rates[key] = max(rates.get(key, 0.0), rate)
+    student.to(memory_format=torch.contiguous_format)
+    teacher.to(memory_format=torch.contiguous_format)
+    phases = profile_vjp(student, teacher, x, logp, args.steps, device)
+
     name = (
         torch.cuda.get_device_name(0) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     )
-    auto = resolve_precision("auto", device)
     print(
-        f"device: {name}; CPU capability {cpu_capability()}; precision auto -> {auto}; "
+        f"device: {name}; CPU capability {cpu_capability()}; precision auto -> {resolved}; "
         f"batch {args.batch_size}"
     )
-    print(f"{'samples/s':18s} {'fp32':>9s} {'bf16':>9s} {'bf16 speed-up':>14s}")
-    for method, label in (("kl", "KL-only step"), ("sobolev", "KL + Sobolev step")):
-        fp32, bf16 = best[("fp32", method)], best[("bf16", method)]
-        print(f"{label:18s} {fp32:9.0f} {bf16:9.0f} {bf16 / fp32:13.2f}x")
     print(
-        f"time ratio Sobolev / KL: {kl_rate / sob_rate:.2f} (fp32), "
-        f"{best[('bf16', 'kl')] / best[('bf16', 'sobolev')]:.2f} (bf16)"
+        f"{'samples/s':14s}"
+        + "".join(f"{p + ('' if cl else ' no-CL'):>14s}" for p in precisions for cl in (True, False))
     )
+    for method in methods:
+        row = "".join(f"{rates[(method, p, cl)]:14.0f}" for p in precisions for cl in (True, False))
+        print(f"{method:14s}{row}")
+    result: dict[str, object] = {
+        "device": name,
+        "hardware": hardware_description(),
+        "cpu_capability": cpu_capability(),
+        "precision_auto": resolved,
+        "batch_size": args.batch_size,
+        "cpus": len(os.sched_getaffinity(0)),
+        "torch_threads": torch.get_num_threads(),
+    }
+    for precision in precisions:
+        prefix = "" if precision == "fp32" else f"{precision}_"
+        kl_rate = rates[("kl", precision, True)]
+        result[f"{prefix}kl_samples_per_s"] = round(kl_rate, 1)
+        ratios = {}
+        for est in SOBOLEV_ESTIMATORS:
+            result[f"{prefix}{est}_samples_per_s"] = round(rates[(est, precision, True)], 1)
+            ratios[est] = kl_rate / rates[(est, precision, True)]
+            result[f"{prefix}{est}_time_ratio"] = round(ratios[est], 2)
+        result[f"{prefix}best_time_ratio"] = round(min(ratios.values()), 2)
+        print(
+            f"{precision}, channels_last: time ratio to KL-only "
+            + ", ".join(f"{est} {r:.2f}" for est, r in ratios.items())
+        )
+    result["configurations"] = [
+        {"method": m, "precision": p, "channels_last": cl, "samples_per_s": round(rates[(m, p, cl)], 1)}
+        for m, p, cl in configs
+    ]
     total = sum(phases.values())
-    print("fp32 Sobolev step profile (ms per step):")
+    print("fp32 vjp Sobolev step profile, default memory format (ms per step):")
     for key, ms in phases.items():
         print(f"  {key:40s} {ms:8.1f}  ({100 * ms / total:4.1f}%)")
-    if args.json:
-        print(
-            json.dumps(
-                {
-                    "device": name,
-                    "cpu_capability": cpu_capability(),
-                    "precision_auto": auto,
-                    "kl_samples_per_s": kl_rate,
-                    "sobolev_samples_per_s": sob_rate,
-                    "time_ratio": kl_rate / sob_rate,
-                    "bf16_kl_samples_per_s": best[("bf16", "kl")],
-                    "bf16_sobolev_samples_per_s": best[("bf16", "sobolev")],
-                    "bf16_time_ratio": best[("bf16", "kl")] / best[("bf16", "sobolev")],
-                    "profile_ms": phases,
-                    "cpus": len(os.sched_getaffinity(0)),
-                }
+    result["vjp_profile_ms"] = phases
+    result["peak_rss_mb_benchmark"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    if args.memory_frames:
+        with tempfile.TemporaryDirectory() as tmp:
+            fresh = peak_memory_of_distill(args.memory_frames, False, tmp)
+            on_disk = peak_memory_of_distill(args.memory_frames, True, tmp)
+            size = sum(
+                os.path.getsize(os.path.join(tmp, "data", f)) for f in os.listdir(os.path.join(tmp, "data"))
             )
+        print(
+            f"peak resident memory of distill ({args.memory_frames:,} frames, "
+            f"dataset {size / 2**20:.0f} MB): "
+            f"recording first {fresh:.0f} MB, dataset on disk {on_disk:.0f} MB"
         )
+        result.update(
+            memory_frames=args.memory_frames,
+            dataset_mb=round(size / 2**20),
+            peak_rss_mb_distill_fresh=round(fresh),
+            peak_rss_mb_distill_dataset_on_disk=round(on_disk),
+        )
+    if args.json:
+        print(json.dumps(result))
 
 
 if __name__ == "__main__":

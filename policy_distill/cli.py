@@ -19,7 +19,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from policy_distill.config_args import add_config_arguments, config_from_args, flag
-from policy_distill.errors import ConfigError, UserError, at_least, check_fields
+from policy_distill.errors import (
+    MAX_ENV_SEED,
+    ConfigError,
+    Problem,
+    UserError,
+    at_least,
+    check_fields,
+    within,
+)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -72,7 +80,12 @@ class EvaluateTeacherConfig:
     """Argmax actions instead of sampling."""
 
     def __post_init__(self) -> None:
-        check_fields("evaluation settings", [at_least(self, "episodes", 1), at_least(self, "seed", 0)])
+        check_fields("evaluation settings", [at_least(self, "episodes", 1), _env_seed(self)])
+
+
+def _env_seed(cfg: Any) -> Problem:
+    """An evaluation seed ale-py takes: its 8 parallel games get seed .. seed + 7 (32-bit)."""
+    return within(cfg, "seed", 0, MAX_ENV_SEED + 1 - 8)
 
 
 @dataclass(frozen=True)
@@ -93,7 +106,7 @@ class EvaluateConfig:
     """Do not play the teacher."""
 
     def __post_init__(self) -> None:
-        check_fields("evaluation settings", [at_least(self, "episodes", 1), at_least(self, "seed", 0)])
+        check_fields("evaluation settings", [at_least(self, "episodes", 1), _env_seed(self)])
 
 
 # --- Commands -----------------------------------------------------------------------------------
@@ -238,6 +251,8 @@ class Command:
     """Called with one instance of each config class, in order; returns the JSON result."""
     required: tuple[str, ...] = ()
     """Fields required on the command line although the library gives them a default."""
+    on_interrupt: str = "interrupted"
+    """What Ctrl-C leaves behind, printed after it."""
 
 
 def _ppo_configs() -> tuple[type, ...]:
@@ -283,6 +298,7 @@ COMMANDS = (
         _ppo_configs,
         cmd_train_teacher,
         ("game",),
+        "interrupted; run the same command again to resume from its last checkpoint",
     ),
     Command(
         "export-teacher",
@@ -296,8 +312,22 @@ COMMANDS = (
         lambda: (EvaluateTeacherConfig,),
         cmd_evaluate_teacher,
     ),
-    Command("collect", "record a teacher playing into data/<game>/", _collect_configs, cmd_collect),
-    Command("distill", "distil a student from a teacher's recorded play", _distill_configs, cmd_distill),
+    Command(
+        "collect",
+        "record a teacher playing into data/<game>/",
+        _collect_configs,
+        cmd_collect,
+        on_interrupt="interrupted; nothing was written (a recording does not resume: the same command "
+        "starts it over)",
+    ),
+    Command(
+        "distill",
+        "distil a student from a teacher's recorded play",
+        _distill_configs,
+        cmd_distill,
+        on_interrupt="interrupted; run the same command again to resume from its last checkpoint "
+        "(latest.pt, written every `--eval-every` steps)",
+    ),
     Command(
         "evaluate",
         "play a student checkpoint (and its teacher) and print raw scores",
@@ -309,6 +339,8 @@ COMMANDS = (
         "the paper's Figure 4 sweep: games x fractions x {kl, sobolev} x seeds, resumable",
         _sweep_configs,
         cmd_reproduce,
+        on_interrupt="interrupted; run the same command again: finished runs are skipped, the "
+        "interrupted one resumes",
     ),
     Command(
         "report",
@@ -333,6 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
             add_config_arguments(p, cls, required=command.required)
         p.add_argument("--json", action="store_true", help="print the result as JSON on the last line")
         p.set_defaults(
+            on_interrupt=command.on_interrupt,
             func=lambda args, command=command: _run_command(command, args),
             fields={f.name for cls in command.configs() for f in dataclasses.fields(cls)},
         )
@@ -362,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted; run the same command again to resume", file=sys.stderr)
+        print(getattr(args, "on_interrupt", "interrupted"), file=sys.stderr)
         return 130
     if getattr(args, "json", False):
         print(json.dumps(result, sort_keys=True))

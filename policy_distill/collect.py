@@ -16,20 +16,28 @@ shift of the previous one, a new segment with its full stack starts, so rebuildi
 from __future__ import annotations
 
 import json
+import os
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from policy_distill.checkpoint import package_versions
-from policy_distill.dataset import write_dataset
+from policy_distill.checkpoint import (
+    DirectoryLock,
+    check_free_space,
+    check_writable_directory,
+    os_error_text,
+    package_versions,
+)
+from policy_distill.dataset import remove_stale_dataset_temporaries, write_dataset
 from policy_distill.envs import GameTracker, make_vector_env
-from policy_distill.errors import UserError, at_least, check_fields, within
+from policy_distill.errors import MAX_ENV_SEED, UserError, at_least, check_fields, within
 from policy_distill.policy import TeacherPolicy, to_float
 from policy_distill.settings import EnvSettings
 
@@ -52,17 +60,26 @@ class CollectConfig:
             "collection settings",
             [
                 at_least(self, "frames", 1),
-                at_least(self, "seed", 0),
                 at_least(self, "num_envs", 1),
+                # ale-py seeds game i with seed + i, as a 32-bit signed integer.
+                within(self, "seed", 0, max(MAX_ENV_SEED + 1 - self.num_envs, 0)),
                 within(self, "batch_size", 1, max(self.num_envs, 1)),
             ],
         )
+
+
+BYTES_PER_FRAME = 84 * 84 + 64
+"""Disk use of one recorded sample: its new 84x84 frame plus index, log-probabilities, action,
+reward (the 3 frames of each episode's initial stack add ~1%: the estimate adds 10%)."""
 
 
 class _Stream:
     """The frames and samples of one environment's current episode."""
 
     def __init__(self, obs: np.ndarray, start_step: int) -> None:
+        # Copies, never views: a view of one row keeps the whole batch that recv returned alive
+        # (8 stacks, 225 KB per step), which made a 100K-frame recording peak at ~11 GB.
+        obs = obs.copy()  # [4, 84, 84]: these four frames are all stored
         self.frames: list[np.ndarray] = list(obs)  # the full initial stack
         self.frame_index: list[int] = []
         self.log_probs: list[np.ndarray] = []
@@ -74,10 +91,11 @@ class _Stream:
     def observe(self, obs: np.ndarray) -> None:
         """Add the observation the teacher is about to act on (not the episode's first)."""
         if np.array_equal(obs[:-1], self.last_obs[1:]):
-            self.frames.append(obs[-1])
+            # A copy of the one new frame: a view would keep its whole stack (or recv's batch) alive.
+            self.frames.append(obs[-1].copy())
         else:  # not a one-frame shift: store the whole stack so rebuilding stays exact
-            self.frames.extend(obs)
-        self.last_obs = obs
+            self.frames.extend(obs.copy())
+        self.last_obs = obs.copy()
 
     def record(self, log_probs: np.ndarray, action: int) -> None:
         stack = self.last_obs.shape[0]
@@ -112,12 +130,22 @@ def existing_dataset_matches(out_dir: Path, expected: dict[str, Any]) -> bool:
         UserError: a complete dataset made with other arguments (never mixed silently).
     """
     meta_path = out_dir / "meta.json"
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"{out_dir} is a file, not a dataset directory; pass another `out` directory")
     if not meta_path.exists():
         if out_dir.exists() and any(out_dir.iterdir()):
             raise UserError(f"{out_dir} exists but holds no meta.json; remove it or pass `overwrite`")
         return False
-    meta = json.loads(meta_path.read_text())
-    found = {k: meta.get("collect_args", {}).get(k) for k in expected}
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise UserError(
+            f"{meta_path} cannot be read ({type(e).__name__}); pass `overwrite` to record the dataset again"
+        ) from None
+    args = meta.get("collect_args") if isinstance(meta, dict) else None
+    if not isinstance(args, dict):
+        raise UserError(f"{meta_path} is not a dataset's metadata; pass `overwrite` to record it again")
+    found = {k: args.get(k) for k in expected}
     if found != expected:
         diffs = [f"{k}: {found[k]!r} != {expected[k]!r}" for k in expected if found[k] != expected[k]]
         diff_text = "; ".join(d if len(d) < 120 else d[:117] + "..." for d in diffs)
@@ -150,7 +178,50 @@ def collect(
         meta = json.loads((out_dir / "meta.json").read_text())
         print(f"reusing the complete dataset in {out_dir} ({meta['frames']:,} frames)")
         return meta
+    with _Destination(out_dir, cfg):
+        return _record(teacher, cfg, out_dir, expected, progress=progress)
 
+
+class _Destination:
+    """Before recording: the destination is a directory this user can write, with room for the
+    dataset, and no other collect writes it (a lock beside it, ``.<name>.lock``, held until the
+    dataset is written); stale temporaries of dead writers are removed first."""
+
+    def __init__(self, out_dir: Path, cfg: CollectConfig) -> None:
+        fix = "pass another `out` directory"
+        if out_dir.exists() and not out_dir.is_dir():
+            raise UserError(f"{out_dir} is a file, not a dataset directory; {fix}")
+        parent = check_writable_directory(out_dir.parent, what="dataset's parent directory", fix=fix)
+        self.lock = DirectoryLock(
+            parent / f".{out_dir.name}.lock", what=f"dataset directory {str(out_dir)!r}", fix=fix
+        )
+        try:
+            remove_stale_dataset_temporaries(out_dir)
+            needed = int(1.1 * cfg.frames * BYTES_PER_FRAME)
+            check_free_space(
+                parent, needed, what=f"recording of {cfg.frames:,} frames", fix=f"free space or {fix}"
+            )
+        except BaseException:
+            self.lock.release()
+            raise
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        self.lock.release()
+
+
+def _record(
+    teacher: TeacherPolicy,
+    cfg: CollectConfig,
+    out_dir: Path,
+    expected: dict[str, Any],
+    *,
+    progress: bool,
+) -> dict[str, Any]:
+    """Play and record (the destination was checked by the caller), then write the dataset."""
+    settings = teacher.settings
     torch.manual_seed(cfg.seed)
     generator = torch.Generator().manual_seed(cfg.seed)
     env = make_vector_env(settings, cfg.num_envs, batch_size=cfg.batch_size)
@@ -237,22 +308,28 @@ def _write(
 ) -> dict[str, Any]:
     """Lay the episodes out contiguously, in order of their start, and write them as a dataset."""
     episodes.sort(key=lambda ep: ep[0].start_step)
-    frames, frame_index, log_probs, actions, rewards = [], [], [], [], []
+    # The frames go straight into one preallocated array, each episode's list freed as it is
+    # copied, so writing needs about one dataset's worth of memory, not three.
+    total_frames = sum(len(stream.frames) for stream, _, _ in episodes)
+    all_frames = np.empty((total_frames, *episodes[0][0].frames[0].shape), dtype=np.uint8)
+    frame_index, log_probs, actions, rewards = [], [], [], []
     episode_starts, complete, scores = [0], [], []
     frame_offset = 0
     for stream, done, score in episodes:
         n = len(stream)
-        frames.append(np.stack(stream.frames))
+        for i, frame in enumerate(stream.frames):
+            all_frames[frame_offset + i] = frame
         frame_index.append(np.asarray(stream.frame_index, dtype=np.int64) + frame_offset)
         log_probs.append(np.stack(stream.log_probs))
         actions.append(np.asarray(stream.actions, dtype=np.uint8))
         rewards.append(np.asarray(stream.rewards, dtype=np.float32))
         frame_offset += len(stream.frames)
+        stream.frames = []
         episode_starts.append(episode_starts[-1] + n)
         complete.append(done)
         scores.append(score)
     arrays = {
-        "frames": np.concatenate(frames),
+        "frames": all_frames,
         "frame_index": np.concatenate(frame_index),
         "log_probs": np.concatenate(log_probs).astype(np.float32),
         "actions": np.concatenate(actions),
@@ -271,6 +348,8 @@ def _write(
             "kind": teacher.source.kind,
             "sha256": teacher.source.sha256,
             "path": teacher.source.path,
+            # "user": the file does not record its game, which was taken on the user's word.
+            "game_source": getattr(teacher.source, "game_source", "file"),
         },
         "seed": cfg.seed,
         "frames": n,
@@ -286,4 +365,29 @@ def _write(
         "versions": package_versions(),
         "created_unix": int(time.time()),
     }
-    return write_dataset(out_dir, arrays, meta)
+    try:
+        return write_dataset(out_dir, arrays, meta)
+    except OSError as e:
+        _rescue(out_dir, arrays, meta, e)
+
+
+def _rescue(out_dir: Path, arrays: dict[str, np.ndarray], meta: dict[str, Any], error: OSError) -> NoReturn:
+    """Writing the dataset failed after recording (a disk that filled, a mount gone read-only):
+    write it to the temporary directory instead, and say where it is.
+
+    Raises:
+        UserError: always; naming where the recording is, or that it could not be kept.
+    """
+    reason = os_error_text(error)
+    rescue = Path(tempfile.gettempdir()) / f"policy-distill-{meta['game']}-{os.getpid()}"
+    try:
+        write_dataset(rescue, arrays, meta)
+    except OSError as e:
+        raise UserError(
+            f"could not write the dataset to {out_dir} ({reason}), nor to {rescue} "
+            f"({os_error_text(e)}); the recording is lost: free space and run the same command again"
+        ) from None
+    raise UserError(
+        f"could not write the dataset to {out_dir} ({reason}); the recording was saved to {rescue}: "
+        f"move it there once there is room (mv {rescue} {out_dir})"
+    )

@@ -65,3 +65,24 @@ def autocast(device: torch.device, enabled: bool = True) -> contextlib.AbstractC
     """bf16 autocast on either device type; ``enabled=False`` leaves float32 untouched.
     Choose ``enabled`` with :func:`resolve_precision`: bf16 is slower without native units."""
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+def release_freed_memory() -> None:
+    """Give memory freed by Python back to the operating system (glibc only; a no-op elsewhere).
+
+    Recording a dataset allocates one small array per frame; freed, glibc keeps them in its heap,
+    so a process that records and then trains (``make distill`` on a fresh clone) would hold the
+    recording's memory twice. ``malloc_trim`` returns it.
+    """
+    import ctypes
+    import ctypes.util
+    import gc
+
+    gc.collect()
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+        if libc is not None and hasattr(libc, "malloc_trim"):
+            libc.malloc_trim(0)
+    except OSError:
+        pass

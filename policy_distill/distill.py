@@ -15,7 +15,9 @@ whole step runs eagerly.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+import os
 import sys
 import time
 from collections.abc import Iterator
@@ -31,17 +33,34 @@ from tqdm import tqdm
 
 from agents.loading import load_teacher
 from policy_distill.checkpoint import (
+    DirectoryLock,
     atomic_torch_save,
+    check_writable_directory,
     hardware_description,
+    os_error_text,
     package_versions,
+    remove_stale_temporaries,
     require_format,
     safe_torch_load,
 )
 from policy_distill.collect import CollectConfig, collect
-from policy_distill.dataset import Dataset, FrameStore, load_dataset
-from policy_distill.devices import autocast, cpu_capability, pick_device, resolve_precision
-from policy_distill.errors import UserError, at_least, check_fields, one_of, within
-from policy_distill.losses import DistillLoss, LogProbFn, distillation_loss, input_jacobian
+from policy_distill.dataset import Dataset, FrameStore, load_dataset, recollect_hint
+from policy_distill.devices import (
+    autocast,
+    cpu_capability,
+    pick_device,
+    release_freed_memory,
+    resolve_precision,
+)
+from policy_distill.errors import MAX_TORCH_SEED, UserError, at_least, check_fields, one_of, within
+from policy_distill.losses import (
+    FD_EPSILON,
+    SOBOLEV_ESTIMATORS,
+    DistillLoss,
+    LogProbFn,
+    distillation_loss,
+    input_jacobian,
+)
 from policy_distill.metrics import gradient_fidelity, gradient_maps, policy_metrics
 from policy_distill.policy import TeacherPolicy
 from policy_distill.settings import PRECISION_CHOICES, game_info
@@ -95,6 +114,16 @@ class DistillConfig(TrainingSchedule):
     """K: random directions v per frame for the Sobolev term."""
     grad_norm: str = "l2"
     """Distance between input-gradients: l2 (the paper's), squared_l2 or l1."""
+    sobolev_estimator: str = "vjp"
+    """How the Sobolev term is estimated: vjp (the paper's: random directions in action space,
+    a teacher VJP and the student's double backward), jvp (random directions in input space,
+    directional derivatives by forward-mode AD, no double backward) or fd (the same by finite
+    differences: one more forward of each network); see policy_distill/losses.py."""
+    channels_last: bool = True
+    """Run both networks' convolutions in the channels_last memory format (a speed setting:
+    results equal within float rounding; benchmarks/distill_throughput.py measures it)."""
+    fd_epsilon: float = FD_EPSILON
+    """Finite-difference step of the fd estimator (chosen by measurement, losses.FD_EPSILON)."""
     kl_direction: str = "student_teacher"
     """student_teacher = KL(pi || pi*) (the paper's) or teacher_student."""
     temperature: float = 1.0
@@ -121,8 +150,11 @@ class DistillConfig(TrainingSchedule):
             "distillation settings",
             [
                 one_of(self, "grad_norm", ("l2", "squared_l2", "l1")),
+                one_of(self, "sobolev_estimator", SOBOLEV_ESTIMATORS),
+                within(self, "fd_epsilon", 0, 1, open_low=True),
                 one_of(self, "kl_direction", ("student_teacher", "teacher_student")),
                 at_least(self, "alpha", 0),
+                within(self, "seed", 0, MAX_TORCH_SEED),
                 *(
                     at_least(self, name, 1)
                     for name in (
@@ -157,7 +189,13 @@ class DistillConfig(TrainingSchedule):
         val = f"-val{self.validation_fraction:g}" if self.validation_fraction else ""
         # A bf16 run gets its own directory: it is not resumable in fp32.
         precision = "-bf16" if self.resolved_precision() == "bf16" else ""
-        name = self.run or f"{self.method}-frac{self.train_fraction:g}{val}-seed{self.seed}{precision}"
+        # The paper's estimator keeps the names runs had before estimators could be chosen.
+        method = (
+            self.method
+            if self.method == "kl" or self.sobolev_estimator == "vjp"
+            else (f"{self.method}-{self.sobolev_estimator}")
+        )
+        name = self.run or f"{method}-frac{self.train_fraction:g}{val}-seed{self.seed}{precision}"
         return Path(self.runs_dir) / self.game / name
 
     def resolved_precision(self) -> str:
@@ -168,7 +206,7 @@ class DistillConfig(TrainingSchedule):
         """Fields that must be equal to resume a run (device, paths and the step budget may change)."""
         record = dataclasses.asdict(self)
         record["precision"] = self.resolved_precision()
-        for name in ("device", "runs_dir", "run", "data", "test_data", "teacher", "steps"):
+        for name in ("device", "runs_dir", "run", "data", "test_data", "teacher", "steps", "channels_last"):
             record.pop(name)
         return record
 
@@ -179,15 +217,23 @@ def _upgraded_resume_key(saved: dict[str, Any]) -> dict[str, Any]:
     saved = dict(saved)
     saved.pop("teacher_bf16", None)
     saved.setdefault("precision", "fp32")
+    saved.setdefault("sobolev_estimator", "vjp")  # the only estimator before the field existed
+    saved.setdefault("fd_epsilon", FD_EPSILON)
     return saved
 
 
 def _prepare_data(cfg: DistillConfig, teacher: TeacherPolicy) -> Dataset:
     """Open the dataset, recording it first when it is missing, and check it fits the teacher."""
     data_dir = Path(cfg.data or f"data/{cfg.game}")
+    if not (data_dir / "meta.json").exists() and data_dir.is_dir() and any(data_dir.iterdir()):
+        raise UserError(
+            f"{data_dir} holds files but no dataset (meta.json missing); pass another `data` directory, "
+            f"or {recollect_hint(data_dir, cfg.game)}"
+        )
     if not (data_dir / "meta.json").exists():
         print(f"no dataset in {data_dir}: recording {cfg.frames:,} frames with teacher {teacher.source.name}")
         collect(teacher, CollectConfig(frames=cfg.frames), data_dir)
+        release_freed_memory()  # the recording's per-frame arrays, before the dataset is loaded
     dataset = load_dataset(data_dir, mmap=False)
     if dataset.meta["game"] != cfg.game:
         raise UserError(
@@ -199,7 +245,7 @@ def _prepare_data(cfg: DistillConfig, teacher: TeacherPolicy) -> Dataset:
         raise UserError(
             f"{data_dir} was recorded by another teacher ({dataset.meta['teacher']['name']}, "
             f"sha256 {dataset.meta['teacher']['sha256'][:12]}); "
-            "pass that `teacher`, or record the dataset again (collect with overwrite)"
+            f"pass that `teacher`, or {recollect_hint(data_dir, cfg.game)} --teacher <this teacher>`"
         )
     return dataset
 
@@ -230,6 +276,8 @@ def train_step(
     Returns:
         The loss terms (``total`` is checked for finiteness by the caller).
     """
+    if cfg.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
     # The backward stays outside autocast (it runs in the forward's dtypes anyway).
     with autocast(x.device, enabled=bf16):
         loss = distillation_loss(
@@ -243,6 +291,9 @@ def train_step(
             kl_direction=cfg.kl_direction,  # type: ignore[arg-type]
             temperature=cfg.temperature,
             generator=generator,
+            estimator=cfg.sobolev_estimator,  # type: ignore[arg-type]
+            student_logits=student,
+            eps=cfg.fd_epsilon,
         )
     if torch.isfinite(loss.total):
         optimizer.zero_grad(set_to_none=True)
@@ -336,12 +387,20 @@ def _resume(
     latest_path = cfg.run_dir / "latest.pt"
     if not latest_path.exists():
         return RunState()
+    restart = "delete it to start the run over, or pass another `run` name"
     state = require_format(
-        safe_torch_load(latest_path, what="student checkpoint"),
+        safe_torch_load(latest_path, what="student checkpoint", corrupt_fix=restart),
         STUDENT_FORMAT,
         latest_path,
         what="student checkpoint",
     )
+    needed = ("resume_key", "optimizer", "generator_state", "step", "state_dict", "dataset", "teacher")
+    missing = [k for k in needed if k not in state]
+    if missing:
+        raise UserError(
+            f"{latest_path} holds no resumable state (no {', '.join(missing)}: a best.pt copied in its "
+            f"place?); {restart}"
+        )
     saved_key, key = _upgraded_resume_key(state["resume_key"]), cfg.resume_key()
     if saved_key != key:
         differ = [
@@ -357,9 +416,15 @@ def _resume(
             f"{cfg.run_dir} holds a run on another dataset or teacher; choose another run name for a "
             "new run (or pass the original data and teacher to resume)"
         )
-    student.load_state_dict(state["state_dict"])
-    optimizer.load_state_dict(state["optimizer"])
-    generator.set_state(state["generator_state"].to(generator.get_state().device))
+    try:
+        student.load_state_dict(state["state_dict"])
+        optimizer.load_state_dict(state["optimizer"])
+        generator.set_state(state["generator_state"].to(generator.get_state().device))
+    except (RuntimeError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise UserError(
+            f"{latest_path} does not fit this run ({type(e).__name__}: {str(e).splitlines()[0][:100]}); "
+            f"{restart}"
+        ) from None
     print(f"resuming {cfg.run_dir} from step {state['step']}")
     return RunState(step=state["step"], best_kl=state["best_kl"], history=state["history"])
 
@@ -373,18 +438,30 @@ def _write_checkpoints(
 ) -> None:
     """Write ``best.pt`` when the latest held-out KL is the best so far, then ``latest.pt``
     (which adds what resuming needs: optimizer and generator state), each atomically."""
-    if state.metrics["kl"] < state.best_kl:
-        state.best_kl = state.metrics["kl"]
-        atomic_torch_save({**record, "best_kl": state.best_kl}, run_dir / "best.pt")
-    atomic_torch_save(
-        {
-            **record,
-            "best_kl": state.best_kl,
-            "optimizer": optimizer.state_dict(),
-            "generator_state": generator.get_state(),
-        },
-        run_dir / "latest.pt",
-    )
+    try:
+        if state.metrics["kl"] < state.best_kl:
+            atomic_torch_save({**record, "best_kl": state.metrics["kl"]}, run_dir / "best.pt")
+            state.best_kl = state.metrics["kl"]
+        atomic_torch_save(
+            {
+                **record,
+                "best_kl": state.best_kl,
+                "optimizer": optimizer.state_dict(),
+                "generator_state": generator.get_state(),
+            },
+            run_dir / "latest.pt",
+        )
+    except OSError as e:
+        previous = [h["step"] for h in state.history[:-1]]
+        kept = (
+            f"the checkpoint of step {previous[-1]} is kept in {run_dir / 'latest.pt'}"
+            if previous and (run_dir / "latest.pt").exists()
+            else "no checkpoint was kept"
+        )
+        raise UserError(
+            f"could not write the checkpoint of step {state.step} in {run_dir} ({os_error_text(e)}); "
+            f"{kept}; free space (or make the directory writable) and run the same command again to resume"
+        ) from None
 
 
 def _log_losses(writer: SummaryWriter, loss: DistillLoss, cfg: DistillConfig, step: int, sps: float) -> None:
@@ -398,10 +475,109 @@ def _log_losses(writer: SummaryWriter, loss: DistillLoss, cfg: DistillConfig, st
 def distill(cfg: DistillConfig, *, progress: bool = True) -> dict[str, Any]:
     """Run (or resume) one distillation; returns the final and best held-out metrics.
 
+    Before any work: refuses settings whose memory needs exceed the machine's
+    (:func:`check_memory`), checks that the run directory can be written, and locks it
+    (``<run_dir>/.lock``, released when the process ends), so that two processes never write
+    one run; temporary files of dead processes in it are removed.
+
     Args:
         cfg: The run's settings.
         progress: Show a progress bar (steps, samples/s, time left, last held-out metrics).
     """
+    check_memory(cfg, pick_device(cfg.device))
+    fix = "pass another `runs_dir` or `run` name"
+    run_dir = check_writable_directory(cfg.run_dir, what="run directory", fix=fix)
+    with DirectoryLock(run_dir / ".lock", what=f"run directory {str(run_dir)!r}", fix=fix):
+        remove_stale_temporaries(run_dir, also_own_pid_less=True)
+        return _distill(cfg, progress=progress)
+
+
+SOBOLEV_BYTES_PER_SAMPLE = 250_000
+"""Peak memory of one sample of a KL + Sobolev step besides its projections (CPU, fp32): the
+batch's float frames and both networks' activations. Measured from ru_maxrss at batch 100 and
+400 (450 and 605 MiB, 0.52 MB per sample with K = 1) and K = 1 and 4 at batch 400 (605 and
+973 MiB, 0.32 MB per extra projection and sample); both rounded up."""
+SOBOLEV_BYTES_PER_PROJECTION = 350_000
+"""Peak memory per sample and projection of the Sobolev term (teacher VJP, the student's
+input-gradient graph and its double backward), measured as above."""
+KL_BYTES_PER_SAMPLE = 450_000
+"""Peak memory per sample of a KL-only step (0.40 MB measured between batch 400 and 1,600:
+492 and 977 MiB; rounded up)."""
+BASE_BYTES = 500_000_000
+"""Torch, both networks, Adam and the evaluation batches of 1,000 frames (345 MiB measured at
+batch 1, rounded up)."""
+
+
+def memory_estimate(cfg: DistillConfig, dataset_frames: int) -> dict[str, int]:
+    """Rough peak memory (bytes) of a run, by the field that drives each part.
+
+    ``batch_size``: a training step (its frames, activations, and the Sobolev term's
+    ``num_projections`` double backwards); ``fidelity_frames``: the teacher's full input
+    Jacobians kept for gradient fidelity and the student's computed at each evaluation
+    (2 x frames x |A| x 4 x 84 x 84 float32, |A| <= 6); ``data``: the frames held in memory.
+    """
+    per_sample = (
+        SOBOLEV_BYTES_PER_SAMPLE + SOBOLEV_BYTES_PER_PROJECTION * cfg.num_projections
+        if cfg.alpha > 0
+        else KL_BYTES_PER_SAMPLE
+    )
+    return {
+        "batch_size": cfg.batch_size * per_sample,
+        "fidelity_frames": 2 * cfg.fidelity_frames * 6 * 4 * 84 * 84 * 4,
+        "data": dataset_frames * 84 * 84,
+        "base": BASE_BYTES,
+    }
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Memory the run may use: free GPU memory on CUDA; on the CPU, Linux's MemAvailable
+    (free + reclaimable cache), else free pages from ``os.sysconf``; None if unknown."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def check_memory(cfg: DistillConfig, device: torch.device) -> None:
+    """Refuse, before any work, settings whose estimated peak memory exceeds what is available
+    (the kernel would otherwise kill the run with no message).
+
+    Raises:
+        UserError: naming the field whose part is largest, the estimate and what is available.
+    """
+    meta_path = Path(cfg.data or f"data/{cfg.game}") / "meta.json"
+    frames = cfg.frames
+    try:
+        frames = int(json.loads(meta_path.read_text())["frames_stored"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    parts = memory_estimate(cfg, frames)
+    if device.type == "cuda":
+        parts["base"] = 0  # torch's own memory is on the host
+    available = available_memory(device)
+    total = sum(parts.values())
+    if available is None or total <= available:
+        return
+    field = max(("batch_size", "fidelity_frames"), key=parts.__getitem__)
+    named, fix = f"`{field}`", f"lower `{field}`"
+    if field == "batch_size" and cfg.alpha > 0 and cfg.num_projections > 1:
+        named, fix = "`batch_size` x `num_projections`", "lower `num_projections` or `batch_size`"
+    raise UserError(
+        f"this run needs about {total / 2**30:.1f} GiB of memory ({parts[field] / 2**30:.1f} GiB for "
+        f"{named}) but {available / 2**30:.1f} GiB is available on {device.type}; {fix}"
+    )
+
+
+def _distill(cfg: DistillConfig, *, progress: bool) -> dict[str, Any]:
+    """:func:`distill` once the run directory is locked."""
     device = pick_device(cfg.device)
     precision = cfg.resolved_precision()
     teacher = load_teacher(cfg.teacher or cfg.game, game=cfg.game, device=device)
@@ -428,6 +604,9 @@ def distill(cfg: DistillConfig, *, progress: bool = True) -> dict[str, Any]:
     torch.manual_seed(cfg.seed)
     arch = StudentArch(num_actions=dataset.settings.num_actions, in_frames=dataset.stack)
     student = StudentNet(arch).to(device)
+    if cfg.channels_last:
+        student.to(memory_format=torch.channels_last)
+        teacher.to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(student.parameters(), lr=cfg.learning_rate)
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
     run_dir = cfg.run_dir
@@ -476,15 +655,7 @@ def distill(cfg: DistillConfig, *, progress: bool = True) -> dict[str, Any]:
         if not torch.isfinite(loss.total):
             bar.close()
             writer.close()
-            kept = (
-                f"the last good checkpoint is kept in {run_dir}"
-                if state.step >= cfg.eval_every
-                else ("no checkpoint was written yet")
-            )
-            raise UserError(
-                f"loss became {loss.total.item()} at step {state.step + 1} (kl {loss.kl.item():.4g}, sobolev "
-                f"{loss.sobolev.item():.4g}); {kept}; lower the learning rate or alpha"
-            )
+            raise UserError(_non_finite_message(cfg, loss, teacher_logp, state, step_at_start, run_dir))
         state.step += 1
         window_steps += 1
         bar.update(1)
@@ -531,6 +702,37 @@ def distill(cfg: DistillConfig, *, progress: bool = True) -> dict[str, Any]:
     )
     writer.close()
     return _result(cfg, state.metrics, state.best_kl, run_dir)
+
+
+def _non_finite_message(
+    cfg: DistillConfig,
+    loss: DistillLoss,
+    teacher_logp: Tensor,
+    state: RunState,
+    step_at_start: int,
+    run_dir: Path,
+) -> str:
+    """Why a loss is not finite, what was kept, and the fix that fits the cause."""
+    what = (
+        f"loss became {loss.total.item()} at step {state.step + 1} "
+        f"(kl {loss.kl.item():.4g}, sobolev {loss.sobolev.item():.4g})"
+    )
+    if state.history:
+        kept = f"the checkpoint of step {state.history[-1]['step']} is kept in {run_dir / 'latest.pt'}"
+    else:
+        kept = "no checkpoint was written"
+    if not torch.isfinite(teacher_logp).all():
+        fix = "the dataset's teacher log-probabilities are not finite: record the dataset again"
+    elif state.step == step_at_start:
+        # Before any update of this process: the student is fresh (or resumed intact), so the
+        # inputs are at fault, not the step size.
+        fix = (
+            "it failed before any update, so the learning rate is not the cause: check that the "
+            "teacher's log-probabilities are finite (a teacher with NaN weights?)"
+        )
+    else:
+        fix = "lower `learning_rate`" + (" or `alpha`" if cfg.alpha > 0 else "")
+    return f"{what}; {kept}; {fix}"
 
 
 def _result(cfg: DistillConfig, metrics: dict[str, float], best_kl: float, run_dir: Path) -> dict[str, Any]:

@@ -4,6 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+MAX_ENV_SEED = 2**31 - 1
+"""ale-py seeds each game with a 32-bit signed integer (game i of a vector gets seed + i)."""
+MAX_TORCH_SEED = 2**63 - 1
+"""The largest seed every generator here accepts (torch takes < 2**64, numpy any, kept portable)."""
+
 
 class UserError(Exception):
     """A problem the user can fix: bad arguments, a missing file, a mismatched checkpoint.
@@ -59,7 +64,11 @@ def within(
     above = value > low if open_low else value >= low
     below = value < high if open_high else value <= high
     if not (above and below):
-        interval = f"{'(' if open_low else '['}{low:g}, {high:g}{')' if open_high else ']'}"
+
+        def show(bound: float) -> str:  # integer bounds in full: a seed's limit is 2147483640, not 2.1e+09
+            return str(bound) if isinstance(bound, int) else f"{bound:g}"
+
+        interval = f"{'(' if open_low else '['}{show(low)}, {show(high)}{')' if open_high else ']'}"
         return name, f"must lie in {interval}, got {value!r}"
     return None
 

@@ -9,6 +9,22 @@ for Neural Networks", NeurIPS 2017. Section 4.2 (policy distillation):
 with v uniform on the unit sphere of R^|A| and the expectation estimated by Monte Carlo.
 Section 4.1 (regression) uses the exact gradient of a scalar output with squared-L2 distances.
 
+Three estimators of the Sobolev term (``SobolevEstimator``), all of the distance between the
+teacher's and the student's input Jacobians of log pi, J_t and J_s (``[A, D]`` per frame):
+
+- ``vjp`` (the paper's): v uniform on the unit sphere of R^A, ``|| J_t^T v - J_s^T v ||``; one
+  teacher VJP, the student's input-gradient with ``create_graph`` and a double backward.
+- ``jvp``: u ~ N(0, I_D) in input space, ``|| J_t u - J_s u ||``, directional derivatives by
+  forward-mode AD; the student's parameter gradient is reverse-over-forward, no double backward.
+- ``fd``: the same directional derivatives by finite differences, ``(f(x + eps u) - f(x)) / eps``:
+  one extra teacher forward (f_t(x) is the stored teacher log-probabilities) and one extra
+  student forward, with an ordinary backward.
+
+For squared-L2 distances E_v ||dJ^T v||^2 = ||dJ||_F^2 / A and E_u ||dJ u||^2 = ||dJ||_F^2: the
+estimators target the same quantity up to the factor A, with variances of the same order, since
+both are quadratic forms of a rank-A matrix (``alpha`` is re-chosen per estimator, the scales
+differ).
+
 Every loss here is a mean over samples, never a sum, so its scale does not grow with the batch.
 Shapes: ``B`` batch, ``A`` actions, ``D...`` input dims (``4, 84, 84`` for Atari frames).
 """
@@ -21,9 +37,17 @@ from typing import Literal
 
 import torch
 from torch import Tensor
+from torch.autograd import forward_ad as fwAD
 
 KLDirection = Literal["student_teacher", "teacher_student"]
 GradNorm = Literal["l2", "squared_l2", "l1"]
+SobolevEstimator = Literal["vjp", "jvp", "fd"]
+SOBOLEV_ESTIMATORS: tuple[str, ...] = ("vjp", "jvp", "fd")
+FD_EPSILON = 1e-4
+"""Finite-difference step of the ``fd`` estimator, in units of the [0, 1] pixel scale times a
+standard-normal direction. Chosen by measurement in float32 against forward-mode AD on the Pong
+teacher (tests/test_losses.py keeps the bound): the median relative error of the teacher's
+directional derivative was 0.24% at 1e-4, 2.9% at 1e-3 and 15% at 1e-2 (ReLU kinks crossed)."""
 LogProbFn = Callable[[Tensor], Tensor]
 """``[B, D...] float -> [B, A]`` log-probabilities (a policy's ``log_probs``)."""
 
@@ -232,6 +256,92 @@ def sobolev_exact_loss(
     return per_action.mean(), student_logp
 
 
+def sample_input_directions(k: int, x: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
+    """Directions u ~ N(0, I) in input space, ``[K, B, D...]``, for the ``jvp`` / ``fd`` estimators."""
+    return torch.randn((k, *x.shape), generator=generator, device=x.device, dtype=torch.float32)
+
+
+def log_softmax_tangent(logits: Tensor, logits_tangent: Tensor) -> tuple[Tensor, Tensor]:
+    """log-softmax and its directional derivative from those of the logits.
+
+    d log softmax(z) = dz - <softmax(z), dz>. Written out because PyTorch's forward-mode rules
+    for ``log_softmax`` and ``logsumexp`` modify a saved tensor in place, which breaks the
+    reverse-mode pass over them (the student's parameter gradient).
+
+    Args:
+        logits: ``[B, A]``; logits_tangent: ``[B, A]``.
+
+    Returns:
+        ``(log_probs [B, A], tangent [B, A])``, both differentiable.
+    """
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    dz = logits_tangent.float()
+    return logp, dz - (logp.exp() * dz).sum(dim=-1, keepdim=True)
+
+
+def jvp_logits(logits_fn: Callable[[Tensor], Tensor], x: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
+    """Forward-mode AD: ``(log pi(x) [B, A], J u [B, A])`` from a logits function.
+
+    Differentiable with respect to the function's parameters (reverse over forward).
+
+    Args:
+        logits_fn: ``[B, D...] -> [B, A]`` logits (a network's ``forward``).
+        x: ``[B, D...]`` float inputs; u: ``[B, D...]`` directions.
+    """
+    with fwAD.dual_level():
+        out = logits_fn(fwAD.make_dual(x.detach(), u.to(x.dtype)))
+        logits, tangent = fwAD.unpack_dual(out)
+    return log_softmax_tangent(logits, tangent)
+
+
+def teacher_directional_derivatives(
+    teacher: LogProbFn,
+    x: Tensor,
+    u: Tensor,
+    *,
+    teacher_logp: Tensor | None = None,
+    method: Literal["jvp", "fd"] = "jvp",
+    eps: float = FD_EPSILON,
+) -> Tensor:
+    """The teacher's Sobolev targets for input directions: ``J_t u``, ``[K, B, A]``, no gradient.
+
+    Args:
+        teacher: Frozen teacher ``log_probs``.
+        x: ``[B, D...]`` float inputs; u: ``[K, B, D...]`` directions.
+        teacher_logp: ``[B, A]`` the teacher's log pi(x) (stored in the dataset): f(x) for ``fd``.
+        method: ``jvp`` (forward-mode AD) or ``fd`` (one teacher forward per direction).
+        eps: The finite-difference step.
+    """
+    with torch.no_grad():
+        if method == "fd":
+            # Float32 even under bf16 autocast: a difference of bf16 outputs keeps no digits.
+            with torch.autocast(x.device.type, enabled=False):
+                base = teacher(x.float()).float() if teacher_logp is None else teacher_logp.float()
+                return torch.stack(
+                    [(teacher(x.float() + eps * u[k]).float() - base) / eps for k in range(len(u))]
+                )
+        out = []
+        for k in range(len(u)):
+            with fwAD.dual_level():
+                out.append(fwAD.unpack_dual(teacher(fwAD.make_dual(x, u[k].to(x.dtype)))).tangent.float())
+        return torch.stack(out)
+
+
+def sobolev_directional_loss(
+    teacher_derivs: Tensor, student_derivs: Tensor, *, norm: GradNorm = "l2"
+) -> Tensor:
+    """The input-space Sobolev term: mean over K directions and B samples of
+    ``dist(J_t u, J_s u)`` over the A actions.
+
+    Args:
+        teacher_derivs: ``[K, B, A]`` detached; student_derivs: ``[K, B, A]`` differentiable.
+    """
+    k, b, a = student_derivs.shape
+    return gradient_distance(
+        teacher_derivs.reshape(k * b, a).detach(), student_derivs.reshape(k * b, a), norm
+    ).mean()
+
+
 def distillation_loss(
     student: LogProbFn,
     x: Tensor,
@@ -244,6 +354,9 @@ def distillation_loss(
     kl_direction: KLDirection = "student_teacher",
     temperature: float = 1.0,
     generator: torch.Generator | None = None,
+    estimator: SobolevEstimator = "vjp",
+    student_logits: Callable[[Tensor], Tensor] | None = None,
+    eps: float = FD_EPSILON,
 ) -> DistillLoss:
     """KL plus, when ``alpha > 0``, the stochastic Sobolev term, from one student forward.
 
@@ -255,7 +368,10 @@ def distillation_loss(
         alpha: Weight of the Sobolev term (0: KL only, no double backward).
         num_projections: K, Monte Carlo directions per sample.
         norm, kl_direction, temperature: see the functions above.
-        generator: RNG for the directions v.
+        generator: RNG for the directions (v in action space, or u in input space).
+        estimator: ``vjp`` (the paper's), ``jvp`` or ``fd`` (see the module docstring).
+        student_logits: The student's logits function (``forward``), needed by ``jvp``.
+        eps: The ``fd`` estimator's step.
     """
     if alpha <= 0.0:
         student_logp = student(x)
@@ -263,6 +379,32 @@ def distillation_loss(
         return DistillLoss(total=kl, kl=kl, sobolev=kl.new_zeros(()))
     if teacher is None:
         raise ValueError("the Sobolev term needs the teacher (alpha > 0)")
+    if estimator in ("jvp", "fd"):
+        u = sample_input_directions(num_projections, x, generator=generator)
+        t_derivs = teacher_directional_derivatives(
+            teacher, x, u, teacher_logp=teacher_logp, method=estimator, eps=eps
+        )
+        if estimator == "jvp":
+            if student_logits is None:
+                raise ValueError("the jvp estimator needs the student's logits function")
+            pairs = [jvp_logits(student_logits, x, u[k]) for k in range(num_projections)]
+            student_logp = pairs[0][0]
+            s_derivs = torch.stack([tangent for _, tangent in pairs])
+        else:
+            # Float32 even under bf16 autocast: a difference of bf16 outputs keeps no digits.
+            with torch.autocast(x.device.type, enabled=False):
+                student_logp = student(x.float()).float()
+                s_derivs = torch.stack(
+                    [
+                        (student(x.float() + eps * u[k]).float() - student_logp) / eps
+                        for k in range(num_projections)
+                    ]
+                )
+        kl = kl_divergence(student_logp, teacher_logp, direction=kl_direction, temperature=temperature)
+        sob = sobolev_directional_loss(t_derivs, s_derivs, norm=norm)
+        return DistillLoss(total=kl + alpha * sob, kl=kl, sobolev=sob)
+    if estimator != "vjp":
+        raise ValueError(f"unknown Sobolev estimator {estimator!r}; use one of {SOBOLEV_ESTIMATORS}")
     v = sample_unit_sphere(
         (num_projections, x.shape[0]), teacher_logp.shape[1], generator=generator, device=x.device
     )
