@@ -406,3 +406,28 @@ def test_report_places_a_hand_written_discussion_and_refuses_a_missing_one(tmp_p
                 discussion=str(tmp_path / "nope.md"),
             )
         )
+
+
+def test_the_estimator_is_part_of_a_sobolev_cells_identity(tiny, tmp_path) -> None:
+    """An fd entry runs its Sobolev students in their own directories; KL-only cells and rows
+    written before the field existed (the paper's vjp) are not taken for them."""
+    entry = {"learning_rate": 1e-3, "alpha": 0.5, "steps": 2, "chosen_by": "a test", "precision": "fp32"}
+    write_hparams(tmp_path / "hparams.json", pong=entry)
+    cfg = sweep_config(tiny, tmp_path, fractions="0.5")
+    assert reproduce(cfg)["ran"] == 2
+    old_style = [
+        {k: v for k, v in row.items() if k != "sobolev_estimator"}
+        for row in lines(tmp_path / "results.jsonl")
+    ]
+    (tmp_path / "results.jsonl").write_text("".join(json.dumps(row) + "\n" for row in old_style))
+    assert reproduce(cfg)["skipped"] == 2  # old rows are vjp cells
+
+    write_hparams(tmp_path / "hparams.json", pong={**entry, "sobolev_estimator": "fd"})
+    again = reproduce(cfg)
+    assert (again["ran"], again["skipped"]) == (1, 1)  # the KL-only cell is the same cell
+    fd_row = lines(tmp_path / "results.jsonl")[-1]
+    assert fd_row["sobolev_estimator"] == "fd" and fd_row["run_dir"].endswith("sobolev-fd-frac0.5-seed0")
+    assert torch.load(fd_row["best_checkpoint"], weights_only=True)["config"]["sobolev_estimator"] == "fd"
+    write_hparams(tmp_path / "bad.json", pong={**entry, "sobolev_estimator": "exact"})
+    with pytest.raises(UserError, match="sobolev_estimator must be one of vjp, jvp, fd"):
+        load_hparams(tmp_path / "bad.json")

@@ -543,16 +543,23 @@ def write_page(summary: Summary, cfg: ReportConfig, fractions: Sequence[float], 
     lines += [
         f"From `{cfg.hparams}`; both methods share the learning rate and steps.",
         "",
-        "| game | learning rate | alpha (Sobolev) | steps | precision | chosen by |",
-        "|---|---:|---:|---:|---|---|",
+    ]
+    # The estimator column appears once a game uses another than the paper's (older pages stay as they were).
+    estimators = any(hp.sobolev_estimator != "vjp" for hp in summary.hparams.values())
+    lines += [
+        "| game | learning rate | alpha (Sobolev) | steps | precision |"
+        + (" Sobolev estimator |" if estimators else "")
+        + " chosen by |",
+        "|---|---:|---:|---:|---|" + ("---|" if estimators else "") + "---|",
     ]
     for game in summary.games:
         hp = summary.hparams.get(game)
         if hp:
-            values = (hp.learning_rate, hp.alpha, hp.steps, hp.precision, hp.chosen_by)
-            lines.append("| {} | {:g} | {:g} | {} | {} | {} |".format(game, *values))
+            cells = [f"{hp.learning_rate:g}", f"{hp.alpha:g}", str(hp.steps), hp.precision]
+            cells += [hp.sobolev_estimator] if estimators else []
+            lines.append("| " + " | ".join([game, *cells, hp.chosen_by]) + " |")
         else:
-            lines.append(f"| {game} | | | | | not in `{cfg.hparams}` |")
+            lines.append(f"| {game} |" + " |" * (5 if estimators else 4) + f" not in `{cfg.hparams}` |")
     lines += ["", "## Reproduce", "", "```bash", *_commands(summary, cfg), "```", ""]
     lines += [
         'The same through make: `make reproduce ARGS="--games pong"` and `make report`. Each '

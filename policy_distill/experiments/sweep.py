@@ -39,6 +39,7 @@ from typing import Any
 
 from policy_distill.distill import TrainingSchedule
 from policy_distill.errors import UserError
+from policy_distill.losses import SOBOLEV_ESTIMATORS
 from policy_distill.settings import PRECISION_CHOICES, game_info
 
 METHODS = ("kl", "sobolev")
@@ -49,9 +50,19 @@ DEFAULT_HPARAMS = "docs/reproduce/hparams.json"
 DEFAULT_RESULTS = "docs/reproduce/results.jsonl"
 METRICS = ("action_error", "kl", "grad_cosine", "grad_rel_l2")
 """Held-out metrics of a run, stored as ``final_<name>`` (last step) and ``best_<name>`` (best.pt)."""
-KEY_FIELDS = ("game", "method", "train_fraction", "seed", "learning_rate", "alpha", "steps", "precision")
+KEY_FIELDS = (
+    "game",
+    "method",
+    "train_fraction",
+    "seed",
+    "learning_rate",
+    "alpha",
+    "steps",
+    "precision",
+    "sobolev_estimator",
+)
 """A results row's identity: a cell with a row under this key is never run again."""
-KEY_DEFAULTS = {"precision": "fp32"}
+KEY_DEFAULTS = {"precision": "fp32", "sobolev_estimator": "vjp"}
 """Values of key fields that rows written before the field existed implicitly had."""
 
 
@@ -166,6 +177,9 @@ class GameHparams:
     """auto, fp32 or bf16 (distill's precision). Optional in the file (default auto: bf16 where
     the hardware does bf16 natively, else fp32). The resolved precision is part of a cell's
     identity, so fp32 and bf16 runs of a cell are never confused."""
+    sobolev_estimator: str = "vjp"
+    """vjp (the paper's), jvp or fd: how the sobolev method estimates its term (distill's
+    sobolev_estimator). Optional in the file; part of a Sobolev cell's identity."""
 
     def alpha_for(self, method: str) -> float:
         return self.alpha if method == "sobolev" else 0.0
@@ -213,7 +227,15 @@ def load_hparams(path: str | Path) -> dict[str, GameHparams]:
         precision = entry.get("precision", "auto")
         if precision not in PRECISION_CHOICES:
             raise UserError(f"{where}: precision must be auto, fp32 or bf16, got {precision!r}")
-        out[game] = GameHparams(float(lr), float(alpha), steps, " ".join(chosen_by.split()), precision)
+        estimator = entry.get("sobolev_estimator", "vjp")
+        if estimator not in SOBOLEV_ESTIMATORS:
+            raise UserError(
+                f"{where}: sobolev_estimator must be one of {', '.join(SOBOLEV_ESTIMATORS)}, "
+                f"got {estimator!r}"
+            )
+        out[game] = GameHparams(
+            float(lr), float(alpha), steps, " ".join(chosen_by.split()), precision, estimator
+        )
     return out
 
 
@@ -299,7 +321,19 @@ def latest_rows(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def cell_key(game: str, method: str, fraction: float, seed: int, hp: GameHparams) -> tuple[Any, ...]:
     """The results-row key (:func:`row_key`) of a grid cell run with ``hp``."""
-    return (game, method, fraction, seed, hp.learning_rate, hp.alpha_for(method), hp.steps, hp.precision)
+    # KL-only cells have no Sobolev term: they keep the default estimator whatever the file says.
+    estimator = hp.sobolev_estimator if method == "sobolev" else KEY_DEFAULTS["sobolev_estimator"]
+    return (
+        game,
+        method,
+        fraction,
+        seed,
+        hp.learning_rate,
+        hp.alpha_for(method),
+        hp.steps,
+        hp.precision,
+        estimator,
+    )
 
 
 def _teacher_ref(cfg: SweepConfig, game: str) -> str:
@@ -461,6 +495,7 @@ def _run_cell(cfg: SweepConfig, key: tuple[Any, ...], label: str, hardware: str)
         alpha=cell["alpha"],
         seed=seed,
         precision=cell["precision"],
+        sobolev_estimator=cell["sobolev_estimator"],
         **{f.name: getattr(cfg, f.name) for f in dataclasses.fields(TrainingSchedule)},
         runs_dir=cfg.runs_dir,
     )
