@@ -73,29 +73,36 @@ def test_directions_are_uniform_unit_vectors(torch_gen) -> None:
     torch.testing.assert_close(v.T @ v / 20000, torch.eye(4) / 4, atol=0.01, rtol=0)
 
 
+def estimator_draws(student, teacher, x, estimator: str, n: int, gen: torch.Generator, k: int = 1):
+    """n independent estimates of the Sobolev term (squared L2) by ``estimator``."""
+    teacher_logp = teacher.log_probs(x).detach()
+    return torch.tensor(
+        [
+            distillation_loss(
+                student.log_probs,
+                x,
+                teacher_logp,
+                teacher=teacher.log_probs,
+                alpha=1.0,
+                norm="squared_l2",
+                num_projections=k,
+                generator=gen,
+                estimator=estimator,
+                student_logits=student,
+            ).sobolev.item()
+            for _ in range(n)
+        ]
+    )
+
+
 def test_projection_estimator_matches_exact_jacobian_loss(torch_gen) -> None:
     student, teacher = small_policy(0), small_policy(1)
     x = torch.rand(6, 2, 3, 3, generator=torch_gen)
     exact, _ = sobolev_exact_loss(student.log_probs, teacher.log_probs, x, norm="squared_l2")
-    teacher_logp = teacher.log_probs(x).detach()
 
     def draws(n: int, k: int) -> torch.Tensor:
         """n independent estimates of the Sobolev term, each averaging k projections."""
-        return torch.tensor(
-            [
-                distillation_loss(
-                    student.log_probs,
-                    x,
-                    teacher_logp,
-                    teacher=teacher.log_probs,
-                    alpha=1.0,
-                    norm="squared_l2",
-                    num_projections=k,
-                    generator=torch_gen,
-                ).sobolev.item()
-                for _ in range(n)
-            ]
-        )
+        return estimator_draws(student, teacher, x, "vjp", n, torch_gen, k=k)
 
     samples = draws(1500, 1)
     # Monte Carlo tolerance: 4 standard errors of the sample mean.
@@ -195,28 +202,6 @@ def test_bf16_autocast_gives_the_float32_loss_and_parameter_gradients_closely() 
     assert abs(loss16 - loss32) < 0.05 * loss32
     assert torch.nn.functional.cosine_similarity(grad16, grad32, dim=0) > 0.98
     assert (grad16 - grad32).norm() < 0.2 * grad32.norm()
-
-
-def estimator_draws(student, teacher, x, estimator: str, n: int, gen: torch.Generator, k: int = 1):
-    """n independent estimates of the Sobolev term (squared L2) by ``estimator``."""
-    teacher_logp = teacher.log_probs(x).detach()
-    return torch.tensor(
-        [
-            distillation_loss(
-                student.log_probs,
-                x,
-                teacher_logp,
-                teacher=teacher.log_probs,
-                alpha=1.0,
-                norm="squared_l2",
-                num_projections=k,
-                generator=gen,
-                estimator=estimator,
-                student_logits=student,
-            ).sobolev.item()
-            for _ in range(n)
-        ]
-    )
 
 
 @pytest.mark.parametrize("estimator", ["jvp", "fd"])
