@@ -15,6 +15,11 @@ Two measurements, written up in ``docs/imported-teachers.md``:
    states are aligned and the rebuilt pipelines are exact. The teacher plays (sampling from its
    policy on the ale-py frames) and is also asked for its policy on the SB3 and CleanRL stacks of
    the same states: how often its argmax changes, and by how much its distribution moves.
+   CleanRL's frame stack differs too: gymnasium's ``FrameStack`` fills the stack with copies of
+   the first frame at each reset, and behind ``EpisodicLifeEnv`` a lost life is a reset, where
+   ale-py starts from zero frames and keeps the stack across lives. The teacher is also asked
+   for its policy on that CleanRL stack (``cleanrl_stack``), overall and on the steps where the
+   two stacks hold different frames (the three after a game start or a lost life).
 
 2. Scores. The teacher plays whole games in a real ``AtariVectorEnv`` configured as
    ``agents.imported.imported_settings`` and in real SB3 ``AtariWrapper`` envs with RL Zoo's
@@ -148,6 +153,8 @@ def same_states(teacher: Teacher, game: str, steps: int, seed: int) -> dict[str,
     frames: dict[str, list[np.ndarray]] = {k: [] for k in PIPELINES}
     checks = {"vector_env_frames_equal": 0, "sb3_wrapper_frames_equal": 0, "frames_checked": 0}
     logps: dict[str, list[torch.Tensor]] = {k: [] for k in PIPELINES}
+    clean_stack_logps: list[torch.Tensor] = []
+    since_restart: list[int] = []  # steps since the CleanRL stack was last refilled
     episodes, t = 0, 0
     while t < steps:
         episode_seed = seed + episodes
@@ -160,13 +167,19 @@ def same_states(teacher: Teacher, game: str, steps: int, seed: int) -> dict[str,
             vec_obs, *_ = vec.step(np.array([action]))
         for k in PIPELINES:
             stacks[k].append(shown[k])
+        clean_stack = deque([shown["cleanrl"]] * 4, maxlen=4)  # FrameStack: copies of the first frame
+        steps_since, lives = 0, raw.ale.lives()
         _check(checks, vec_obs[0, -1], sb3_obs[..., 0], shown)
         over = False
         while not over and t < steps:
-            batch = torch.from_numpy(np.stack([np.stack(stacks[k]) for k in PIPELINES]))
+            batch = torch.from_numpy(
+                np.stack([*(np.stack(stacks[k]) for k in PIPELINES), np.stack(clean_stack)])
+            )
             logp = teacher.log_probs(to_float(batch))
-            for k, row in zip(PIPELINES, logp, strict=True):
+            for k, row in zip(PIPELINES, logp[:-1], strict=True):
                 logps[k].append(row)
+            clean_stack_logps.append(logp[-1])
+            since_restart.append(steps_since)
             action = int(torch.multinomial(logp[0].exp(), 1, generator=gen))  # plays on ale-py frames
             shown, _, over = raw.step(action)
             vec_obs, _, vec_term, vec_trunc, _ = vec.step(np.array([action]))
@@ -176,6 +189,13 @@ def same_states(teacher: Teacher, game: str, steps: int, seed: int) -> dict[str,
             for k in PIPELINES:
                 stacks[k].append(shown[k])
                 frames[k].append(shown[k])
+            steps_since += 1
+            if raw.ale.lives() < lives:  # EpisodicLifeEnv: a reset for CleanRL's FrameStack
+                clean_stack.extend([shown["cleanrl"]] * 4)
+                steps_since = 0
+            else:
+                clean_stack.append(shown["cleanrl"])
+            lives = raw.ale.lives()
             t += 1
         episodes += 1
     vec.close()
@@ -194,6 +214,18 @@ def same_states(teacher: Teacher, game: str, steps: int, seed: int) -> dict[str,
             "mean_total_variation": float(0.5 * (p - q).abs().sum(-1).mean()),
             "mean_kl_ale_to_other": float((p * (lp["ale"] - lp[other])).sum(-1).mean()),
             "max_total_variation": float(0.5 * (p - q).abs().sum(-1).max()),
+        }
+    clean = torch.stack(clean_stack_logps)
+    differs = torch.tensor(since_restart) < 3  # the stacks hold different frames there
+    for name, mask in (("all_steps", torch.ones_like(differs)), ("steps_where_stacks_differ", differs)):
+        a, b = lp["ale"][mask], clean[mask]
+        p, q = a.exp(), b.exp()
+        out["teacher"][f"ale_vs_cleanrl_stack_{name}"] = {
+            "steps": int(mask.sum()),
+            "share_of_steps": float(mask.float().mean()),
+            "argmax_disagreement": float((a.argmax(-1) != b.argmax(-1)).float().mean()) if len(a) else 0.0,
+            "mean_total_variation": float(0.5 * (p - q).abs().sum(-1).mean()) if len(a) else 0.0,
+            "mean_kl_ale_to_other": float((p * (a - b)).sum(-1).mean()) if len(a) else 0.0,
         }
     # Context for the disagreement: a teacher whose argmax never changes cannot disagree.
     argmax = lp["ale"].argmax(-1)
