@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import re
 import sys
 from collections.abc import Callable
@@ -184,6 +185,8 @@ def cmd_distill(cfg: Any, progress: Progress) -> dict[str, Any]:
     from policy_distill.distill import distill
 
     result = distill(cfg, progress=not progress.no_progress)
+    if os.environ.get("RANK", "0") != "0":  # under torchrun rank 0 alone reports
+        return result
     print(
         f"best student: {result['best_checkpoint']} (test KL {result['best_test_kl']:.4f}); "
         f"TensorBoard: tensorboard --logdir {result['run_dir']}"
@@ -397,6 +400,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(getattr(args, "on_interrupt", "interrupted"), file=sys.stderr)
         return 130
-    if getattr(args, "json", False):
+    if getattr(args, "json", False) and os.environ.get("RANK", "0") == "0":  # torchrun: rank 0's
         print(json.dumps(result, sort_keys=True))
     return 0

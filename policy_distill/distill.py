@@ -10,6 +10,12 @@ written. Run the same command again after an interruption and it resumes.
 :func:`train_step` is the one training step: the throughput benchmark and the tests call it too.
 The Sobolev term needs a double backward, which ``torch.compile`` does not support, so the
 whole step runs eagerly.
+
+Under ``torchrun --nproc_per_node=N -m policy_distill distill ...`` (:class:`World`) the run is
+data-parallel: every rank draws the same global batch of indices from the shared, checkpointed
+generator (the draw one process makes) and trains on its contiguous share; gradients are averaged
+across ranks after the backward; rank 0 alone evaluates, logs and writes checkpoints.
+See docs/distributed.md.
 """
 
 from __future__ import annotations
@@ -260,6 +266,7 @@ def train_step(
     generator: torch.Generator,
     *,
     bf16: bool = False,
+    world: World | None = None,
 ) -> DistillLoss:
     """One optimiser step of distillation: the loss of one batch, its backward, Adam.
 
@@ -272,6 +279,9 @@ def train_step(
         cfg: The loss settings (alpha, num_projections, grad_norm, kl_direction, temperature).
         generator: Draws the Sobolev directions v.
         bf16: Run the loss under bf16 autocast (see ``DistillConfig.precision``).
+        world: Under torchrun, this process's place: ``x`` is its share of the global batch, the
+            returned terms are the global batch's (averaged over ranks) and the gradients are
+            averaged over ranks before Adam's step.
 
     Returns:
         The loss terms (``total`` is checked for finiteness by the caller).
@@ -295,13 +305,88 @@ def train_step(
             student_logits=student,
             eps=cfg.fd_epsilon,
         )
-    if torch.isfinite(loss.total):
+    reported = loss if world is None else world.mean_loss(loss)  # every rank decides alike
+    if torch.isfinite(reported.total):
         optimizer.zero_grad(set_to_none=True)
         # Only the parameters: the Sobolev input x requires grad, and its gradient is not used.
         params = [p for group in optimizer.param_groups for p in group["params"]]
         torch.autograd.backward(loss.total, inputs=params)
+        if world is not None:
+            world.average_gradients(params)
         optimizer.step()
-    return loss
+    return reported
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's place in a ``torchrun`` job of ``size`` > 1 processes (from its env vars).
+
+    Data-parallel by hand rather than through ``DistributedDataParallel``. DDP's reducer is armed
+    by the wrapped module's ``forward``, once per ``backward``; the loss calls ``student.log_probs``
+    (not ``forward``), the ``fd`` estimator runs the student K + 1 times per backward and ``jvp``
+    runs it under forward-mode AD. (Checked with torch 2.13 and gloo: a DDP-wrapped student whose
+    forward the ``vjp`` loss does go through survives the double backward and syncs gradients.)
+    Averaging the parameter gradients with one ``all_reduce`` after the backward is what DDP's
+    reducer does, for every estimator alike, only not overlapped with the backward (the student has
+    ~0.7M parameters: one 2.7 MB message per step).
+    """
+
+    rank: int
+    size: int
+    local_rank: int
+
+    @classmethod
+    def from_env(cls) -> World | None:
+        """The world torchrun describes (WORLD_SIZE, RANK, LOCAL_RANK); None for one process."""
+        size = int(os.environ.get("WORLD_SIZE", "1") or 1)
+        if size <= 1:
+            return None
+        return cls(int(os.environ.get("RANK", "0")), size, int(os.environ.get("LOCAL_RANK", "0")))
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def share(self, batch_size: int) -> slice:
+        """This rank's contiguous share of a global batch (``batch_size`` divisible by ``size``)."""
+        per_rank = batch_size // self.size
+        return slice(self.rank * per_rank, (self.rank + 1) * per_rank)
+
+    def direction_generator(self, seed: int, step: int, device: torch.device) -> torch.Generator:
+        """This rank's generator of the Sobolev directions of ``step``: a stream of its own, from
+        (seed, rank, step), so that it needs no checkpointed state to resume exactly."""
+        state = np.random.SeedSequence([seed, self.rank, step]).generate_state(2, np.uint32)
+        return torch.Generator(device=device).manual_seed(int(state[0]) << 31 | int(state[1]) >> 1)
+
+    def mean_loss(self, loss: DistillLoss) -> DistillLoss:
+        """The global batch's loss terms (detached): each rank's share's mean, averaged."""
+        import torch.distributed as dist
+
+        terms = torch.stack([loss.total, loss.kl, loss.sobolev]).detach().float()
+        dist.all_reduce(terms)
+        terms /= self.size
+        return DistillLoss(total=terms[0], kl=terms[1], sobolev=terms[2])
+
+    def average_gradients(self, params: list[Tensor]) -> None:
+        """Replace every parameter's gradient with its mean over the ranks (one all_reduce):
+        equal shares make it the gradient of the global batch's mean loss."""
+        import torch.distributed as dist
+        from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
+
+        grads = [p.grad for p in params if p.grad is not None]
+        flat = _flatten_dense_tensors(grads)
+        dist.all_reduce(flat)
+        flat /= self.size
+        for grad, mean in zip(grads, _unflatten_dense_tensors(flat, grads)):
+            grad.copy_(mean)
+
+    def broadcast(self, value: Any) -> Any:
+        """Rank 0's ``value`` on every rank (a picklable object)."""
+        import torch.distributed as dist
+
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
 
 
 class HeldOutEvaluator:
@@ -378,6 +463,8 @@ def _resume(
     generator: torch.Generator,
     dataset: Dataset,
     teacher: TeacherPolicy,
+    *,
+    announce: bool = True,
 ) -> RunState:
     """Restore student, optimizer and generator from the run's ``latest.pt`` if there is one.
 
@@ -425,7 +512,8 @@ def _resume(
             f"{latest_path} does not fit this run ({type(e).__name__}: {str(e).splitlines()[0][:100]}); "
             f"{restart}"
         ) from None
-    print(f"resuming {cfg.run_dir} from step {state['step']}")
+    if announce:
+        print(f"resuming {cfg.run_dir} from step {state['step']}")
     return RunState(step=state["step"], best_kl=state["best_kl"], history=state["history"])
 
 
@@ -480,16 +568,62 @@ def distill(cfg: DistillConfig, *, progress: bool = True) -> dict[str, Any]:
     (``<run_dir>/.lock``, released when the process ends), so that two processes never write
     one run; temporary files of dead processes in it are removed.
 
+    Under torchrun (WORLD_SIZE > 1) the run is data-parallel (:class:`World`): rank 0 does
+    these checks, holds the lock and records a missing dataset before the other ranks start.
+
     Args:
         cfg: The run's settings.
         progress: Show a progress bar (steps, samples/s, time left, last held-out metrics).
     """
+    world = World.from_env()
+    if world is not None:
+        return _distill_distributed(cfg, world, progress=progress)
     check_memory(cfg, pick_device(cfg.device))
     fix = "pass another `runs_dir` or `run` name"
     run_dir = check_writable_directory(cfg.run_dir, what="run directory", fix=fix)
     with DirectoryLock(run_dir / ".lock", what=f"run directory {str(run_dir)!r}", fix=fix):
         remove_stale_temporaries(run_dir, also_own_pid_less=True)
         return _distill(cfg, progress=progress)
+
+
+def _distill_distributed(cfg: DistillConfig, world: World, *, progress: bool) -> dict[str, Any]:
+    """:func:`distill` as one rank of a torchrun job: gloo on the CPU, NCCL on CUDA."""
+    import torch.distributed as dist
+
+    device = pick_device(cfg.device)
+    if cfg.batch_size % world.size:
+        raise UserError(
+            f"`batch_size` {cfg.batch_size} is not divisible by the {world.size} processes of this "
+            "torchrun job; pass a multiple of the process count"
+        )
+    if device.type == "cuda":
+        torch.cuda.set_device(world.local_rank)  # "cuda" is then this rank's GPU
+    own_group = not dist.is_initialized()
+    if own_group:
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    lock: DirectoryLock | None = None
+    try:
+        problem = None
+        if world.main:  # one writer of the run directory: the others never touch it
+            try:
+                check_memory(cfg, device)
+                fix = "pass another `runs_dir` or `run` name"
+                run_dir = check_writable_directory(cfg.run_dir, what="run directory", fix=fix)
+                lock = DirectoryLock(run_dir / ".lock", what=f"run directory {str(run_dir)!r}", fix=fix)
+                remove_stale_temporaries(run_dir, also_own_pid_less=True)
+                if not (Path(cfg.data or f"data/{cfg.game}") / "meta.json").exists():
+                    _prepare_data(cfg, load_teacher(cfg.teacher or cfg.game, game=cfg.game, device=device))
+            except UserError as e:
+                problem = str(e)
+        problem = world.broadcast(problem)
+        if problem is not None:
+            raise UserError(problem if world.main else f"rank 0 stopped: {problem}")
+        return _distill(cfg, progress=progress and world.main, world=world)
+    finally:
+        if lock is not None:
+            lock.release()
+        if own_group:
+            dist.destroy_process_group()
 
 
 SOBOLEV_BYTES_PER_SAMPLE = 250_000
@@ -576,8 +710,10 @@ def check_memory(cfg: DistillConfig, device: torch.device) -> None:
     )
 
 
-def _distill(cfg: DistillConfig, *, progress: bool) -> dict[str, Any]:
-    """:func:`distill` once the run directory is locked."""
+def _distill(cfg: DistillConfig, *, progress: bool, world: World | None = None) -> dict[str, Any]:
+    """:func:`distill` once the run directory is locked (under torchrun: by rank 0)."""
+    main = world is None or world.main  # evaluates, logs, prints and writes checkpoints
+    say = print if main else (lambda *args, **kwargs: None)
     device = pick_device(cfg.device)
     precision = cfg.resolved_precision()
     teacher = load_teacher(cfg.teacher or cfg.game, game=cfg.game, device=device)
@@ -596,9 +732,10 @@ def _distill(cfg: DistillConfig, *, progress: bool) -> dict[str, Any]:
             "no held-out episode; lower the first, raise the second, or give a separate test dataset"
         )
     held_out = "validation" if cfg.validation_fraction else "test"
-    print(
+    say(
         f"train {len(split.train):,} frames, {held_out} {len(test_idx):,} frames "
         f"({dataset.meta['episodes']} episodes), device {device}, precision {precision}"
+        + (f", {world.size} processes" if world else "")
     )
 
     torch.manual_seed(cfg.seed)
@@ -610,14 +747,20 @@ def _distill(cfg: DistillConfig, *, progress: bool) -> dict[str, Any]:
     optimizer = torch.optim.Adam(student.parameters(), lr=cfg.learning_rate)
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
     run_dir = cfg.run_dir
-    state = _resume(cfg, student, optimizer, generator, dataset, teacher)
+    state = _resume(cfg, student, optimizer, generator, dataset, teacher, announce=main)
     if state.step >= cfg.steps:
-        print(f"{run_dir} already finished")
+        say(f"{run_dir} already finished")
         return _result(cfg, state.metrics, state.best_kl, run_dir)
 
-    evaluator = HeldOutEvaluator(test_store, test_idx, teacher.log_probs, cfg, device)
-    writer = SummaryWriter(str(run_dir), purge_step=state.step or None)
-    if state.step == 0:
+    if world is not None:
+        import torch.distributed as dist
+
+        for tensor in student.state_dict().values():  # equal by construction; made sure of
+            dist.broadcast(tensor, src=0)
+    # Ranks other than 0 have no evaluator and no writer: their loop only trains.
+    evaluator = HeldOutEvaluator(test_store, test_idx, teacher.log_probs, cfg, device) if main else None
+    writer = SummaryWriter(str(run_dir), purge_step=state.step or None) if main else None
+    if writer is not None and state.step == 0:
         writer.add_text("config", "\n".join(f"|{k}|{v}|" for k, v in dataclasses.asdict(cfg).items()))
     train_idx = torch.from_numpy(split.train).to(device)
     provenance = {
@@ -648,17 +791,35 @@ def _distill(cfg: DistillConfig, *, progress: bool) -> dict[str, Any]:
     window_start, window_steps = time.time(), 0
     while state.step < cfg.steps:
         idx = train_idx[torch.randint(len(train_idx), (cfg.batch_size,), device=device, generator=generator)]
+        directions = generator
+        if world is not None:  # this rank's share of the global draw; its own directions
+            idx, directions = (
+                idx[world.share(cfg.batch_size)],
+                world.direction_generator(cfg.seed, state.step, device),
+            )
         x, teacher_logp = store.batch(idx)
         loss = train_step(
-            student, optimizer, x, teacher_logp, teacher.log_probs, cfg, generator, bf16=precision == "bf16"
+            student,
+            optimizer,
+            x,
+            teacher_logp,
+            teacher.log_probs,
+            cfg,
+            directions,
+            bf16=precision == "bf16",
+            world=world,
         )
-        if not torch.isfinite(loss.total):
+        if not torch.isfinite(loss.total):  # under torchrun the global batch's loss: every rank stops
             bar.close()
+            if writer is None:
+                raise UserError(f"rank {world.rank if world else 0} stopped: non-finite loss; see rank 0")
             writer.close()
             raise UserError(_non_finite_message(cfg, loss, teacher_logp, state, step_at_start, run_dir))
         state.step += 1
         window_steps += 1
         bar.update(1)
+        if writer is None or evaluator is None:
+            continue
         if state.step % 50 == 0:
             sps = window_steps * cfg.batch_size / (time.time() - window_start)
             _log_losses(writer, loss, cfg, state.step, sps)
@@ -695,12 +856,17 @@ def _distill(cfg: DistillConfig, *, progress: bool) -> dict[str, Any]:
             )
             _write_checkpoints(run_dir, record, state, optimizer, generator)
     bar.close()
+    if writer is None:
+        state.history, state.best_kl = world.broadcast(None) if world else (state.history, state.best_kl)
+        return _result(cfg, state.metrics, state.best_kl, run_dir)
     writer.add_hparams(
         {k: v for k, v in dataclasses.asdict(cfg).items() if isinstance(v, (int, float, str))},
         {f"hparam/{k}": v for k, v in state.metrics.items()},
         run_name=".",
     )
     writer.close()
+    if world is not None:
+        world.broadcast((state.history, state.best_kl))  # the other ranks return the same result
     return _result(cfg, state.metrics, state.best_kl, run_dir)
 
 

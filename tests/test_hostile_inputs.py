@@ -8,6 +8,7 @@ subprocesses. A new command joins by adding its rows to :data:`CASES`.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -387,6 +388,28 @@ def test_read_only_destinations_are_refused_before_work(world: Path, tmp_path: P
         assert "cannot write the run directory" in message
     finally:
         locked.chmod(0o755)
+
+
+def test_read_only_destinations_are_refused_before_work_even_as_root(
+    world: Path, tmp_path: Path, capsys, monkeypatch
+) -> None:
+    """The same refusal where chmod cannot make a directory read-only (root, as in CI): the
+    write probe is made to fail as a read-only mount fails it."""
+    import builtins
+
+    real_open = builtins.open
+
+    def read_only(file, *args, **kwargs):
+        if ".write-probe." in str(file):
+            raise OSError(errno.EROFS, "Read-only file system")
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", read_only)
+    message = _one_error(capsys, _collect(world, "--out", str(tmp_path / "ds"), "--frames", "8"))
+    assert "cannot write" in message and "Read-only file system" in message
+    assert not (tmp_path / "ds" / "meta.json").exists()
+    message = _one_error(capsys, _distill(world, tmp_path)[:-1] + [str(tmp_path / "runs")])
+    assert "cannot write the run directory" in message
 
 
 def test_interrupted_collect_does_not_promise_a_resume(
