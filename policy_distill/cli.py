@@ -294,6 +294,30 @@ def _report_configs() -> tuple[type, ...]:
     return (ReportConfig,)
 
 
+def _export_student_configs() -> tuple[type, ...]:
+    from policy_distill.export import ExportStudentConfig
+
+    return (ExportStudentConfig,)
+
+
+def _regression_configs() -> tuple[type, ...]:
+    from policy_distill.experiments.regression.benchmark import RegressionConfig, RegressionOutput
+
+    return RegressionConfig, RegressionOutput
+
+
+def cmd_export_student(cfg: Any) -> dict[str, Any]:
+    from policy_distill.export import cmd_export_student as run
+
+    return run(cfg)
+
+
+def cmd_regression_benchmark(cfg: Any, output: Any) -> dict[str, Any]:
+    from policy_distill.experiments.regression.benchmark import cmd_regression_benchmark as run
+
+    return run(cfg, output)
+
+
 COMMANDS = (
     Command(
         "train-teacher",
@@ -338,6 +362,12 @@ COMMANDS = (
         cmd_evaluate,
     ),
     Command(
+        "export-student",
+        "write a student as one self-contained TorchScript or ONNX file plus a JSON sidecar",
+        _export_student_configs,
+        cmd_export_student,
+    ),
+    Command(
         "reproduce",
         "the paper's Figure 4 sweep: games x fractions x {kl, sobolev} x seeds, resumable",
         _sweep_configs,
@@ -350,6 +380,12 @@ COMMANDS = (
         "write docs/reproduce/README.md and figures from reproduce's results",
         _report_configs,
         cmd_report,
+    ),
+    Command(
+        "regression-benchmark",
+        "the paper's section 4.1 regression benchmark (Figure 2 right), values only vs Sobolev",
+        _regression_configs,
+        cmd_regression_benchmark,
     ),
 )
 
@@ -372,13 +408,6 @@ def build_parser() -> argparse.ArgumentParser:
             func=lambda args, command=command: _run_command(command, args),
             fields={f.name for cls in command.configs() for f in dataclasses.fields(cls)},
         )
-
-    from policy_distill.experiments.regression.benchmark import register as register_regression
-
-    register_regression(sub)
-    from policy_distill.export import register as register_export_student
-
-    register_export_student(sub)
     return parser
 
 

@@ -20,7 +20,6 @@ contract, the check, and the provenance (checkpoint, teacher, dataset, versions)
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import io
 import json
@@ -38,7 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from policy_distill.checkpoint import atomic_write_bytes, atomic_write_json, package_versions, sha256_file
-from policy_distill.errors import UserError
+from policy_distill.errors import UserError, check_fields, one_of
 from policy_distill.policy import action_meanings, env_id, env_kwargs
 from policy_distill.student import Student, load_student
 
@@ -92,7 +91,7 @@ def _require_onnx() -> None:
         except ImportError:
             raise UserError(
                 f"--format onnx needs the packages onnx and onnxscript ({module} is not installed): "
-                "pip install 'policy-distill[onnx]', or use --format torchscript (torch alone)"
+                "pip install 'policy-distill[onnx]', or use `format` torchscript (torch alone)"
             ) from None
 
 
@@ -207,7 +206,7 @@ def check_export(
             raise UserError(
                 f"the exported {fmt} file's log-probabilities differ from the checkpoint's by up to "
                 f"{diff:.3g} (shape {list(got.shape)}, tolerance {ATOL:g}); nothing was written: report it "
-                "with your torch/onnx versions, or try the other --format"
+                "with your torch/onnx versions, or try the other `format`"
             )
         worst = max(worst, float(np.abs(got - expected).max()))
     return {
@@ -318,7 +317,7 @@ def export_student(
     student = load_student(checkpoint, device="cpu")
     out = Path(out) if out is not None else default_output(checkpoint, fmt)
     if out.resolve() == checkpoint.resolve():
-        raise UserError(f"--out {str(out)!r} is the checkpoint itself; choose another file name")
+        raise UserError(f"`out` {str(out)!r} is the checkpoint itself; choose another file name")
     settings = student.settings
     data = export_bytes(student.net, fmt, stack=settings.stack, frame_size=settings.frame_size)
     check = check_export(data, fmt, student.net, stack=settings.stack, frame_size=settings.frame_size)
@@ -330,8 +329,24 @@ def export_student(
     return ExportResult(model=out, sidecar=sidecar, fmt=fmt, bytes=len(data), check=check)
 
 
-def cmd_export_student(args: argparse.Namespace) -> dict[str, Any]:
-    result = export_student(args.checkpoint, args.format, args.out)
+@dataclass(frozen=True)
+class ExportStudentConfig:
+    """What to export, in which format, and where (the ``export-student`` command)."""
+
+    checkpoint: str
+    """Student checkpoint (runs/<game>/<run>/best.pt)."""
+    format: str = "torchscript"
+    """torchscript (torch alone) or onnx (needs policy-distill[onnx])."""
+    out: str = ""
+    """File to write (default beside the checkpoint: <name>.torchscript.pt or <name>.onnx)."""
+
+    def __post_init__(self) -> None:
+        check_fields("export settings", [one_of(self, "format", EXPORT_FORMATS)])
+
+
+def cmd_export_student(cfg: ExportStudentConfig) -> dict[str, Any]:
+    """The ``export-student`` command: export, check, and say what was written."""
+    result = export_student(cfg.checkpoint, cfg.format, cfg.out or None)
     if "skipped" in result.check:
         checked = f"not checked: {result.check['skipped']}"
     else:
@@ -347,23 +362,3 @@ def cmd_export_student(args: argparse.Namespace) -> dict[str, Any]:
         "bytes": result.bytes,
         "check": result.check,
     }
-
-
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    """Add the ``export-student`` subcommand to the toolkit's command line."""
-    p = subparsers.add_parser(
-        "export-student",
-        help="write a student as one self-contained TorchScript or ONNX file plus a JSON sidecar",
-    )
-    p.add_argument("--checkpoint", required=True, help="student checkpoint (runs/<game>/<run>/best.pt)")
-    p.add_argument(
-        "--format",
-        choices=EXPORT_FORMATS,
-        default="torchscript",
-        help="torchscript (torch alone) or onnx (needs policy-distill[onnx]); default torchscript",
-    )
-    p.add_argument(
-        "--out", help="file to write (default beside the checkpoint: <name>.torchscript.pt or <name>.onnx)"
-    )
-    p.add_argument("--json", action="store_true", help="print the result as JSON on the last line")
-    p.set_defaults(func=cmd_export_student)

@@ -3,7 +3,6 @@ carries a complete sidecar, and nothing is written when the check fails (policy_
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import json
 import sys
@@ -15,7 +14,8 @@ import torch
 
 from agents.networks import TeacherNet
 from policy_distill.checkpoint import atomic_torch_save, sha256_file
-from policy_distill.errors import UserError
+from policy_distill.cli import build_parser
+from policy_distill.errors import ConfigError, UserError
 from policy_distill.export import (
     ATOL,
     ExportedPolicy,
@@ -23,7 +23,6 @@ from policy_distill.export import (
     check_export,
     export_bytes,
     export_student,
-    register,
 )
 from policy_distill.settings import EnvSettings
 from policy_distill.student import StudentArch, StudentNet, load_student, student_record
@@ -32,7 +31,7 @@ HAS_ONNX = all(importlib.util.find_spec(m) for m in ("onnx", "onnxscript", "onnx
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):  # noqa: ANN001, ANN201
+def checkpoint(tmp_path_factory):
     """A randomly initialised Breakout student (4 actions) with the provenance a run records."""
     torch.manual_seed(0)
     net = StudentNet(StudentArch(num_actions=4))
@@ -50,7 +49,7 @@ def frames() -> torch.Tensor:
     return torch.randint(0, 256, (5, 4, 84, 84), generator=torch.Generator().manual_seed(1)).to(torch.uint8)
 
 
-def _check_exported_matches(model_log_probs, checkpoint, frames) -> None:  # noqa: ANN001
+def _check_exported_matches(model_log_probs, checkpoint, frames) -> None:
     student = load_student(checkpoint)
     for batch in (frames, frames[:1]):  # the batch dimension is dynamic
         with torch.no_grad():
@@ -60,7 +59,7 @@ def _check_exported_matches(model_log_probs, checkpoint, frames) -> None:  # noq
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
 
 
-def test_torchscript_export_matches_the_checkpoint_and_runs_with_torch_alone(checkpoint, frames) -> None:  # noqa: ANN001
+def test_torchscript_export_matches_the_checkpoint_and_runs_with_torch_alone(checkpoint, frames) -> None:
     out = checkpoint.parent / "deploy" / "policy.pt"
     result = export_student(checkpoint, "torchscript", out)
     assert result.model == out and out.is_file() and result.sidecar.name == "policy.pt.json"
@@ -90,7 +89,7 @@ def test_torchscript_export_matches_the_checkpoint_and_runs_with_torch_alone(che
 @pytest.mark.skipif(
     not HAS_ONNX, reason="onnx, onnxscript and onnxruntime are not installed (policy-distill[onnx])"
 )
-def test_onnx_export_matches_the_checkpoint_in_onnxruntime(checkpoint, frames) -> None:  # noqa: ANN001
+def test_onnx_export_matches_the_checkpoint_in_onnxruntime(checkpoint, frames) -> None:
     import onnxruntime
 
     result = export_student(checkpoint, "onnx")
@@ -105,7 +104,7 @@ def test_onnx_export_matches_the_checkpoint_in_onnxruntime(checkpoint, frames) -
     assert json.loads(result.sidecar.read_text())["model"]["opset"] == 20
 
 
-def test_a_wrong_export_is_refused_and_nothing_is_written(checkpoint, tmp_path, monkeypatch) -> None:  # noqa: ANN001
+def test_a_wrong_export_is_refused_and_nothing_is_written(checkpoint, tmp_path, monkeypatch) -> None:
     torch.manual_seed(5)
     other = export_bytes(StudentNet(StudentArch(num_actions=4)), "torchscript")
     with pytest.raises(UserError, match="differ from the checkpoint's"):
@@ -131,13 +130,11 @@ def test_the_exported_graph_takes_pixels_for_a_teacher_network_too() -> None:
 
 
 def _cli(argv: list[str]) -> dict:
-    parser = argparse.ArgumentParser()
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)  # the toolkit's own command line
     return args.func(args)
 
 
-def test_command_line(checkpoint, tmp_path, capsys) -> None:  # noqa: ANN001
+def test_command_line(checkpoint, tmp_path, capsys) -> None:
     out = tmp_path / "cli.pt"
     result = _cli(["export-student", "--checkpoint", str(checkpoint), "--out", str(out), "--json"])
     assert result["model"] == str(out) and result["format"] == "torchscript" and out.is_file()
@@ -149,13 +146,13 @@ def test_command_line(checkpoint, tmp_path, capsys) -> None:  # noqa: ANN001
         _cli(["export-student", "--checkpoint", str(tmp_path / "missing.pt")])
     with pytest.raises(UserError, match="is the checkpoint itself"):
         _cli(["export-student", "--checkpoint", str(checkpoint), "--out", str(checkpoint)])
-    with pytest.raises(SystemExit):  # argparse's choices: the toolkit's parser prints one line, exit 2
+    with pytest.raises(ConfigError, match="format must be one of torchscript, onnx, got 'tflite'"):
         _cli(["export-student", "--checkpoint", str(checkpoint), "--format", "tflite"])
 
 
-def test_onnx_without_its_packages_is_a_one_line_error(checkpoint, tmp_path, monkeypatch) -> None:  # noqa: ANN001
+def test_onnx_without_its_packages_is_a_one_line_error(checkpoint, tmp_path, monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, "onnxscript", None)  # makes `import onnxscript` fail
-    with pytest.raises(UserError, match=r"pip install 'policy-distill\[onnx\]', or use --format torchscript"):
+    with pytest.raises(UserError, match=r"pip install 'policy-distill\[onnx\]', or use `format` torchscript"):
         export_student(checkpoint, "onnx", tmp_path / "x.onnx")
     assert list(tmp_path.iterdir()) == []
     monkeypatch.setitem(sys.modules, "onnxruntime", None)

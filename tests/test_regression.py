@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from policy_distill.cli import build_parser
 from policy_distill.errors import ConfigError, UserError
-from policy_distill.experiments.regression.benchmark import register
 from policy_distill.experiments.regression.config import RegressionConfig
 from policy_distill.experiments.regression.functions import FUNCTIONS
 from policy_distill.experiments.regression.statistics import check_claims
@@ -123,9 +123,7 @@ def test_claims_check_reads_the_margins() -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser()
-    register(parser.add_subparsers(dest="command", required=True))
-    return parser
+    return build_parser()  # the toolkit's own command line
 
 
 def test_command_writes_table_figure_and_resumes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

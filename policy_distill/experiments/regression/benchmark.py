@@ -21,7 +21,6 @@ Stand-alone: ``python -m policy_distill.experiments.regression.benchmark regress
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import sys
@@ -37,8 +36,6 @@ from policy_distill.checkpoint import (
     hardware_description,
     package_versions,
 )
-from policy_distill.config_args import add_config_arguments, config_from_args, flag
-from policy_distill.errors import ConfigError, UserError
 from policy_distill.experiments.regression.config import RegressionConfig
 from policy_distill.experiments.regression.figures import plot_figure
 from policy_distill.experiments.regression.statistics import check_claims, summarise
@@ -134,40 +131,21 @@ def run_benchmark(cfg: RegressionConfig, out_dir: str | Path) -> dict[str, Any]:
     }
 
 
-def cmd_regression_benchmark(args: argparse.Namespace) -> dict[str, Any]:
-    """The ``regression-benchmark`` subcommand: settings from the flags, then the sweep."""
-    cfg = config_from_args(RegressionConfig, args)
-    return run_benchmark(cfg, args.out)
+@dataclasses.dataclass(frozen=True)
+class RegressionOutput:
+    """Where the ``regression-benchmark`` command writes."""
+
+    out: str = "docs/regression"
+    """Folder for results.json, table.md and figure2_right.png."""
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    """Add the ``regression-benchmark`` subcommand to the toolkit's command line."""
-    p = subparsers.add_parser(
-        "regression-benchmark",
-        help="the paper's section 4.1 regression benchmark (Figure 2 right), values only vs Sobolev",
-    )
-    add_config_arguments(p, RegressionConfig)
-    p.add_argument(
-        "--out",
-        default="docs/regression",
-        help="folder for results.json, table.md and figure2_right.png (default docs/regression)",
-    )
-    p.add_argument("--json", action="store_true", help="print the result as JSON on the last line")
-    p.set_defaults(func=cmd_regression_benchmark)
+def cmd_regression_benchmark(cfg: RegressionConfig, output: RegressionOutput) -> dict[str, Any]:
+    """The ``regression-benchmark`` command: the sweep, written to ``output.out``."""
+    return run_benchmark(cfg, output.out)
 
 
 if __name__ == "__main__":
-    # Stand-alone entry point; the toolkit's CLI registers the same subcommand.
-    _parser = argparse.ArgumentParser(prog="policy_distill.experiments.regression.benchmark")
-    register(_parser.add_subparsers(dest="command", required=True))
-    _args = _parser.parse_args()
-    try:
-        _result = _args.func(_args)
-    except ConfigError as e:
-        print(f"error: {e.render(flag)}", file=sys.stderr)
-        raise SystemExit(2) from None
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
-    if _args.json:
-        print(json.dumps(_result, sort_keys=True))
+    # Stand-alone entry point kept for old command lines: the toolkit's CLI runs the same command.
+    from policy_distill.cli import main
+
+    raise SystemExit(main(sys.argv[1:]))
