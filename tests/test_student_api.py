@@ -25,7 +25,7 @@ SETTINGS = EnvSettings("pong")
 
 
 @pytest.fixture(scope="module")
-def student(tmp_path_factory):  # noqa: ANN001, ANN201
+def student(tmp_path_factory):
     """A randomly initialised student, loaded from a checkpoint file as a user would."""
     torch.manual_seed(0)
     net = StudentNet(StudentArch(num_actions=6))
@@ -35,7 +35,7 @@ def student(tmp_path_factory):  # noqa: ANN001, ANN201
 
 
 @pytest.fixture(scope="module")
-def teacher(tmp_path_factory):  # noqa: ANN001, ANN201
+def teacher(tmp_path_factory):
     """A randomly initialised teacher, loaded from a checkpoint file."""
     torch.manual_seed(1)
     path = tmp_path_factory.mktemp("teacher") / "teacher.pt"
@@ -44,18 +44,18 @@ def teacher(tmp_path_factory):  # noqa: ANN001, ANN201
 
 
 @pytest.fixture(params=["student", "teacher"])
-def policy(request, student, teacher):  # noqa: ANN001, ANN201
+def policy(request, student, teacher):
     """Both loaded-policy types: the contract is the same."""
     return student if request.param == "student" else teacher
 
 
 @pytest.fixture
-def obs(rng) -> np.ndarray:  # noqa: ANN001
+def obs(rng) -> np.ndarray:
     """``[3, 4, 84, 84] uint8``, as AtariVectorEnv gives for 3 environments."""
     return rng.integers(0, 256, (3, 4, 84, 84), dtype=np.uint8)
 
 
-def test_every_accepted_form_gives_the_same_log_probs(policy, obs) -> None:  # noqa: ANN001
+def test_every_accepted_form_gives_the_same_log_probs(policy, obs) -> None:
     with torch.no_grad():
         expected = policy.log_probs(torch.from_numpy(obs).float() / 255)  # the float fast path
         assert expected.shape == (3, 6) and expected.dtype == torch.float32
@@ -77,7 +77,7 @@ def test_every_accepted_form_gives_the_same_log_probs(policy, obs) -> None:  # n
         torch.testing.assert_close(policy.log_probs(half), expected)
 
 
-def test_float_fast_path_is_passed_on_and_keeps_input_gradients(policy, obs) -> None:  # noqa: ANN001
+def test_float_fast_path_is_passed_on_and_keeps_input_gradients(policy, obs) -> None:
     x = (torch.from_numpy(obs).float() / 255).requires_grad_(True)
     assert as_observation(x).x is x  # no copy, no conversion: training pays nothing
     policy.log_probs(x)[:, 0].sum().backward()
@@ -102,8 +102,8 @@ def test_float_fast_path_is_passed_on_and_keeps_input_gradients(policy, obs) -> 
     ],
 )
 def test_anything_else_is_refused_with_one_line_naming_shape_and_dtype(
-    policy,  # noqa: ANN001
-    bad,  # noqa: ANN001
+    policy,
+    bad,
     hint: str,
 ) -> None:
     for method in (policy.log_probs, policy.act, lambda o: policy.predict(o)):
@@ -114,7 +114,7 @@ def test_anything_else_is_refused_with_one_line_naming_shape_and_dtype(
         assert "[B, 4, 84, 84] or [4, 84, 84] uint8" in message and hint in message
 
 
-def test_act_and_predict_shapes_and_determinism(policy, obs) -> None:  # noqa: ANN001
+def test_act_and_predict_shapes_and_determinism(policy, obs) -> None:
     greedy = policy.log_probs(obs).argmax(-1)
     actions = policy.act(obs, greedy=True)
     assert actions.dtype == torch.int64 and actions.shape == (3,) and torch.equal(actions, greedy)
@@ -130,20 +130,20 @@ def test_act_and_predict_shapes_and_determinism(policy, obs) -> None:  # noqa: A
     assert ((a >= 0) & (a < 6)).all()
 
 
-def test_act_refuses_unscaled_float_pixels(policy, obs) -> None:  # noqa: ANN001
+def test_act_refuses_unscaled_float_pixels(policy, obs) -> None:
     with pytest.raises(UserError, match=r"pixels / 255 in \[0, 1\], got values in \[0, 255\]"):
         policy.act(torch.from_numpy(obs).float())
     with pytest.raises(UserError, match="in \\[0, 1\\]"):
         policy.predict(torch.from_numpy(obs).float())
 
 
-def test_action_meanings_follow_the_minimal_action_set(student) -> None:  # noqa: ANN001
+def test_action_meanings_follow_the_minimal_action_set(student) -> None:
     assert student.action_meanings == ("NOOP", "FIRE", "RIGHT", "LEFT", "RIGHTFIRE", "LEFTFIRE")
     assert len(student.action_meanings) == student.num_actions
     assert student.env_id == "ALE/Pong-v5"
 
 
-def test_env_kwargs_are_what_the_toolkit_builds_its_environment_with(monkeypatch) -> None:  # noqa: ANN001
+def test_env_kwargs_are_what_the_toolkit_builds_its_environment_with(monkeypatch) -> None:
     settings = EnvSettings("breakout", sticky_action_prob=0.25, noop_max=7, life_loss_terminal=True)
     captured: dict = {}
     monkeypatch.setattr(envs_module, "AtariVectorEnv", lambda game, n, **kw: captured.update(kw, game=game))
@@ -155,7 +155,7 @@ def test_env_kwargs_are_what_the_toolkit_builds_its_environment_with(monkeypatch
     }
 
 
-def test_check_env_accepts_the_recorded_settings_and_refuses_others(student) -> None:  # noqa: ANN001
+def test_check_env_accepts_the_recorded_settings_and_refuses_others(student) -> None:
     env = student.make_env(2)
     try:
         checked = student.check_env(env)
@@ -192,7 +192,7 @@ def test_check_env_accepts_the_recorded_settings_and_refuses_others(student) -> 
         env.close()
 
 
-def test_check_env_of_an_unrecorded_environment_checks_its_spaces_and_warns(student) -> None:  # noqa: ANN001
+def test_check_env_of_an_unrecorded_environment_checks_its_spaces_and_warns(student) -> None:
     env = AtariVectorEnv("pong", 1, **student.env_kwargs())
     try:
         with warnings.catch_warnings(record=True) as caught:
