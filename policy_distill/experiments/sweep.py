@@ -22,11 +22,16 @@ per game, the teacher are played for N games (sampled actions, as ``evaluate``);
 score is cached in the table as a row with method ``teacher``. A student row that lacks a score
 when one is asked for gets a second, complete row with the score; readers keep the last row of
 each key (:func:`latest_rows`).
+
+``--executor ray [--address ADDRESS]`` runs the cells as tasks on a Ray cluster (one started on
+this machine without ``--address``); :mod:`.executors` holds both executors. Whichever runs the
+cells, this process (the driver) alone appends the rows, as each cell finishes.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -38,12 +43,14 @@ from pathlib import Path
 from typing import Any
 
 from policy_distill.distill import TrainingSchedule
-from policy_distill.errors import UserError
+from policy_distill.errors import UserError, at_least, check_fields, one_of, within
 from policy_distill.losses import SOBOLEV_ESTIMATORS
 from policy_distill.settings import PRECISION_CHOICES, game_info
 
 METHODS = ("kl", "sobolev")
 """``kl``: KL(pi || pi*) alone (alpha = 0); ``sobolev``: KL + alpha * the Sobolev term."""
+EXECUTORS = ("local", "ray")
+"""Where the cells run: here, one after another, or as tasks of a Ray cluster (.executors)."""
 DEFAULT_FRACTIONS = "0.01,0.05,0.1,0.3,0.5,0.8"
 DEFAULT_SEEDS = "0,1,2"
 DEFAULT_HPARAMS = "docs/reproduce/hparams.json"
@@ -95,6 +102,15 @@ class SweepConfig(TrainingSchedule):
     fractions are split over machines)."""
     score_seed: int = 1000
     """Evaluation seed of the games played (evaluate's default)."""
+    executor: str = "local"
+    """local (one cell after another in this process) or ray (each cell a Ray task; needs
+    `pip install policy-distill[ray]`; this process alone writes the results table)."""
+    address: str = ""
+    """Ray cluster address (host:6379 or ray://host:10001); empty starts Ray on this machine."""
+    cpus_per_cell: float = 1.0
+    """CPUs a cell's Ray task reserves where the cluster has no GPU (with GPUs: one GPU each)."""
+    cell_retries: int = 3
+    """Times Ray reruns a cell whose worker died (the rerun resumes from the cell's latest.pt)."""
 
     def game_list(self) -> list[str]:
         names = [game_info(g).name for g in _items(self.games)]
@@ -126,6 +142,17 @@ class SweepConfig(TrainingSchedule):
         fractions = self.fraction_list()
         if self.score_episodes < 0:
             raise UserError(f"`score_episodes` must be >= 0, got {self.score_episodes}")
+        check_fields(
+            "sweep settings",
+            [
+                one_of(self, "executor", EXECUTORS),
+                within(self, "cpus_per_cell", 0, math.inf, open_low=True, open_high=True),
+                at_least(self, "cell_retries", 0),
+                ("address", "is only used with executor ray")
+                if self.address and self.executor != "ray"
+                else None,
+            ],
+        )
         if self.score_fraction and self.score_fraction not in fractions:
             raise UserError(
                 f"`score_fraction` {self.score_fraction:g} is not one of `fractions` {self.fractions}"
@@ -392,12 +419,17 @@ def _log(message: str) -> None:
 def reproduce(cfg: SweepConfig) -> dict[str, Any]:
     """Run (or resume) the grid, appending a row per finished run to the results table.
 
+    The cells without a row go to the executor (``cfg.executor``: :mod:`.executors`), which
+    runs them (here, or as Ray tasks) and hands back each one's row as it finishes; this
+    process alone appends rows, scores students and teachers.
+
     Returns:
         Counts of cells run and skipped, students and teachers scored, the results table's path.
     """
     from agents.loading import load_teacher
     from policy_distill.checkpoint import hardware_description
     from policy_distill.devices import pick_device, resolve_precision
+    from policy_distill.experiments.executors import make_executor
 
     cfg.check()
     games, fractions, seeds, methods = (
@@ -418,45 +450,73 @@ def reproduce(cfg: SweepConfig) -> dict[str, Any]:
     hardware = hardware_description()
     total = len(games) * len(fractions) * len(methods) * len(seeds)
     counts = {"ran": 0, "skipped": 0, "scored": 0, "teachers_scored": 0}
+    teachers = {}
+    pending: list[Cell] = []
     index = 0
     for game in games:
         hp = chosen[game]
-        teacher = load_teacher(_teacher_ref(cfg, game), game=game, device=device)
-        _check_provenance(cfg, game, teacher, done.values())
+        teachers[game] = load_teacher(_teacher_ref(cfg, game), game=game, device=device)
+        _check_provenance(cfg, game, teachers[game], done.values())
         for fraction in fractions:
             for method in methods:
                 for seed in seeds:
                     index += 1
                     key = cell_key(game, method, fraction, seed, hp)
-                    label = f"[{index}/{total}] {game} {method} frac {fraction:g} seed {seed}"
-                    want_score = cfg.score_episodes > 0 and fraction == scored_fraction
+                    cell = Cell(
+                        key,
+                        f"[{index}/{total}] {game} {method} frac {fraction:g} seed {seed}",
+                        cfg.score_episodes > 0 and fraction == scored_fraction,
+                    )
                     row = done.get(key)
                     if row is None:
-                        row = _run_cell(cfg, key, label, hardware)
-                        counts["ran"] += 1
-                    else:
-                        counts["skipped"] += 1
-                        if not (want_score and "score_mean" not in row):
-                            _log(f"{label}: skipped (finished, in {results})")
-                            continue
-                        _log(f"{label}: finished (in {results}); playing {cfg.score_episodes} games")
-                    if want_score and "score_mean" not in row:
-                        row = {**row, **_score_student(row, cfg)}
-                        counts["scored"] += 1
-                    append_row(results, row)
-                    done[key] = row
-                    _log(
-                        f"{label}: done: final err {row['final_action_error']:.4f} kl {row['final_kl']:.4f} "
-                        f"cos {row['final_grad_cosine']:.3f} ({row['wall_s']:.0f} s)"
-                        + (
-                            f", score {row['score_mean']:.2f} +- {row['score_std']:.2f}"
-                            if "score_mean" in row
-                            else ""
-                        )
-                    )
-        if cfg.score_episodes > 0:
-            counts["teachers_scored"] += _score_teacher(cfg, game, teacher, done, results, hardware)
+                        pending.append(cell)
+                        continue
+                    counts["skipped"] += 1
+                    if not (cell.want_score and "score_mean" not in row):
+                        _log(f"{cell.label}: skipped (finished, in {results})")
+                        continue
+                    _log(f"{cell.label}: finished (in {results}); playing {cfg.score_episodes} games")
+                    _finish(cfg, cell, row, done, counts)
+
+    if pending:
+        with make_executor(cfg, functools.partial(_run_cell, cfg), hardware) as executor:
+            for cell, row in executor.run(pending):  # rows as their cells finish, in any order
+                counts["ran"] += 1
+                _finish(cfg, cell, row, done, counts)
+    if cfg.score_episodes > 0:
+        for game in games:
+            counts["teachers_scored"] += _score_teacher(cfg, game, teachers[game], done, results, hardware)
     return {"results": str(results), "cells": total, **counts}
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One grid cell to run: its results-row key (:func:`cell_key`), its log label, and whether
+    its student is to be played once it is trained."""
+
+    key: tuple[Any, ...]
+    label: str
+    want_score: bool = False
+
+
+def _finish(
+    cfg: SweepConfig,
+    cell: Cell,
+    row: dict[str, Any],
+    done: dict[tuple[Any, ...], dict[str, Any]],
+    counts: dict[str, int],
+) -> None:
+    """Score a cell's student if wanted, append its row (the driver alone writes), log it."""
+    if cell.want_score and "score_mean" not in row:
+        row = {**row, **_score_student(row, cfg)}
+        counts["scored"] += 1
+    append_row(cfg.results, row)
+    done[cell.key] = row
+    _log(
+        f"{cell.label}: done: final err {row['final_action_error']:.4f} kl {row['final_kl']:.4f} "
+        f"cos {row['final_grad_cosine']:.3f} ({row['wall_s']:.0f} s)"
+        + (f", score {row['score_mean']:.2f} +- {row['score_std']:.2f}" if "score_mean" in row else "")
+    )
 
 
 def _check_provenance(cfg: SweepConfig, game: str, teacher: Any, rows: Iterable[dict[str, Any]]) -> None:
@@ -479,7 +539,8 @@ def _check_provenance(cfg: SweepConfig, game: str, teacher: Any, rows: Iterable[
 
 
 def _run_cell(cfg: SweepConfig, key: tuple[Any, ...], label: str, hardware: str) -> dict[str, Any]:
-    """One distill() run of a cell; returns its results row (not yet written)."""
+    """One distill() run of a cell; returns its results row (not yet written). Both executors
+    call this: in this process, or in a Ray worker (which passes its own ``hardware``)."""
     from policy_distill.devices import cpu_capability
     from policy_distill.distill import DistillConfig, distill
 

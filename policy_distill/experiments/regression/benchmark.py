@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -142,10 +141,3 @@ class RegressionOutput:
 def cmd_regression_benchmark(cfg: RegressionConfig, output: RegressionOutput) -> dict[str, Any]:
     """The ``regression-benchmark`` command: the sweep, written to ``output.out``."""
     return run_benchmark(cfg, output.out)
-
-
-if __name__ == "__main__":
-    # Stand-alone entry point kept for old command lines: the toolkit's CLI runs the same command.
-    from policy_distill.cli import main
-
-    raise SystemExit(main(sys.argv[1:]))
