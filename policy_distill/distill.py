@@ -21,9 +21,7 @@ See docs/distributed.md.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import os
 import sys
 import time
 from collections.abc import Iterator
@@ -58,6 +56,7 @@ from policy_distill.devices import (
     release_freed_memory,
     resolve_precision,
 )
+from policy_distill.distributed import World
 from policy_distill.errors import MAX_TORCH_SEED, UserError, at_least, check_fields, one_of, within
 from policy_distill.losses import (
     FD_EPSILON,
@@ -69,6 +68,7 @@ from policy_distill.losses import (
 )
 from policy_distill.metrics import gradient_fidelity, gradient_maps, policy_metrics
 from policy_distill.policy import TeacherPolicy
+from policy_distill.resources import check_memory
 from policy_distill.settings import PRECISION_CHOICES, game_info
 from policy_distill.student import STUDENT_FORMAT, StudentArch, StudentNet, student_record
 
@@ -317,78 +317,6 @@ def train_step(
     return reported
 
 
-@dataclass(frozen=True)
-class World:
-    """This process's place in a ``torchrun`` job of ``size`` > 1 processes (from its env vars).
-
-    Data-parallel by hand rather than through ``DistributedDataParallel``. DDP's reducer is armed
-    by the wrapped module's ``forward``, once per ``backward``; the loss calls ``student.log_probs``
-    (not ``forward``), the ``fd`` estimator runs the student K + 1 times per backward and ``jvp``
-    runs it under forward-mode AD. (Checked with torch 2.13 and gloo: a DDP-wrapped student whose
-    forward the ``vjp`` loss does go through survives the double backward and syncs gradients.)
-    Averaging the parameter gradients with one ``all_reduce`` after the backward is what DDP's
-    reducer does, for every estimator alike, only not overlapped with the backward (the student has
-    ~0.7M parameters: one 2.7 MB message per step).
-    """
-
-    rank: int
-    size: int
-    local_rank: int
-
-    @classmethod
-    def from_env(cls) -> World | None:
-        """The world torchrun describes (WORLD_SIZE, RANK, LOCAL_RANK); None for one process."""
-        size = int(os.environ.get("WORLD_SIZE", "1") or 1)
-        if size <= 1:
-            return None
-        return cls(int(os.environ.get("RANK", "0")), size, int(os.environ.get("LOCAL_RANK", "0")))
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    def share(self, batch_size: int) -> slice:
-        """This rank's contiguous share of a global batch (``batch_size`` divisible by ``size``)."""
-        per_rank = batch_size // self.size
-        return slice(self.rank * per_rank, (self.rank + 1) * per_rank)
-
-    def direction_generator(self, seed: int, step: int, device: torch.device) -> torch.Generator:
-        """This rank's generator of the Sobolev directions of ``step``: a stream of its own, from
-        (seed, rank, step), so that it needs no checkpointed state to resume exactly."""
-        state = np.random.SeedSequence([seed, self.rank, step]).generate_state(2, np.uint32)
-        return torch.Generator(device=device).manual_seed(int(state[0]) << 31 | int(state[1]) >> 1)
-
-    def mean_loss(self, loss: DistillLoss) -> DistillLoss:
-        """The global batch's loss terms (detached): each rank's share's mean, averaged."""
-        import torch.distributed as dist
-
-        terms = torch.stack([loss.total, loss.kl, loss.sobolev]).detach().float()
-        dist.all_reduce(terms)
-        terms /= self.size
-        return DistillLoss(total=terms[0], kl=terms[1], sobolev=terms[2])
-
-    def average_gradients(self, params: list[Tensor]) -> None:
-        """Replace every parameter's gradient with its mean over the ranks (one all_reduce):
-        equal shares make it the gradient of the global batch's mean loss."""
-        import torch.distributed as dist
-        from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
-
-        grads = [p.grad for p in params if p.grad is not None]
-        flat = _flatten_dense_tensors(grads)
-        dist.all_reduce(flat)
-        flat /= self.size
-        for grad, mean in zip(grads, _unflatten_dense_tensors(flat, grads)):
-            grad.copy_(mean)
-
-    def broadcast(self, value: Any) -> Any:
-        """Rank 0's ``value`` on every rank (a picklable object)."""
-        import torch.distributed as dist
-
-        box = [value]
-        dist.broadcast_object_list(box, src=0)
-        return box[0]
-
-
 class HeldOutEvaluator:
     """Held-out metrics of a student on fixed frames of the test (or validation) split.
 
@@ -624,90 +552,6 @@ def _distill_distributed(cfg: DistillConfig, world: World, *, progress: bool) ->
             lock.release()
         if own_group:
             dist.destroy_process_group()
-
-
-SOBOLEV_BYTES_PER_SAMPLE = 250_000
-"""Peak memory of one sample of a KL + Sobolev step besides its projections (CPU, fp32): the
-batch's float frames and both networks' activations. Measured from ru_maxrss at batch 100 and
-400 (450 and 605 MiB, 0.52 MB per sample with K = 1) and K = 1 and 4 at batch 400 (605 and
-973 MiB, 0.32 MB per extra projection and sample); both rounded up."""
-SOBOLEV_BYTES_PER_PROJECTION = 350_000
-"""Peak memory per sample and projection of the Sobolev term (teacher VJP, the student's
-input-gradient graph and its double backward), measured as above."""
-KL_BYTES_PER_SAMPLE = 450_000
-"""Peak memory per sample of a KL-only step (0.40 MB measured between batch 400 and 1,600:
-492 and 977 MiB; rounded up)."""
-BASE_BYTES = 500_000_000
-"""Torch, both networks, Adam and the evaluation batches of 1,000 frames (345 MiB measured at
-batch 1, rounded up)."""
-
-
-def memory_estimate(cfg: DistillConfig, dataset_frames: int) -> dict[str, int]:
-    """Rough peak memory (bytes) of a run, by the field that drives each part.
-
-    ``batch_size``: a training step (its frames, activations, and the Sobolev term's
-    ``num_projections`` double backwards); ``fidelity_frames``: the teacher's full input
-    Jacobians kept for gradient fidelity and the student's computed at each evaluation
-    (2 x frames x |A| x 4 x 84 x 84 float32, |A| <= 6); ``data``: the frames held in memory.
-    """
-    per_sample = (
-        SOBOLEV_BYTES_PER_SAMPLE + SOBOLEV_BYTES_PER_PROJECTION * cfg.num_projections
-        if cfg.alpha > 0
-        else KL_BYTES_PER_SAMPLE
-    )
-    return {
-        "batch_size": cfg.batch_size * per_sample,
-        "fidelity_frames": 2 * cfg.fidelity_frames * 6 * 4 * 84 * 84 * 4,
-        "data": dataset_frames * 84 * 84,
-        "base": BASE_BYTES,
-    }
-
-
-def available_memory(device: torch.device) -> int | None:
-    """Memory the run may use: free GPU memory on CUDA; on the CPU, Linux's MemAvailable
-    (free + reclaimable cache), else free pages from ``os.sysconf``; None if unknown."""
-    if device.type == "cuda":
-        return int(torch.cuda.mem_get_info(device)[0])
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, AttributeError):
-        return None
-
-
-def check_memory(cfg: DistillConfig, device: torch.device) -> None:
-    """Refuse, before any work, settings whose estimated peak memory exceeds what is available
-    (the kernel would otherwise kill the run with no message).
-
-    Raises:
-        UserError: naming the field whose part is largest, the estimate and what is available.
-    """
-    meta_path = Path(cfg.data or f"data/{cfg.game}") / "meta.json"
-    frames = cfg.frames
-    try:
-        frames = int(json.loads(meta_path.read_text())["frames_stored"])
-    except (OSError, ValueError, KeyError, TypeError):
-        pass
-    parts = memory_estimate(cfg, frames)
-    if device.type == "cuda":
-        parts["base"] = 0  # torch's own memory is on the host
-    available = available_memory(device)
-    total = sum(parts.values())
-    if available is None or total <= available:
-        return
-    field = max(("batch_size", "fidelity_frames"), key=parts.__getitem__)
-    named, fix = f"`{field}`", f"lower `{field}`"
-    if field == "batch_size" and cfg.alpha > 0 and cfg.num_projections > 1:
-        named, fix = "`batch_size` x `num_projections`", "lower `num_projections` or `batch_size`"
-    raise UserError(
-        f"this run needs about {total / 2**30:.1f} GiB of memory ({parts[field] / 2**30:.1f} GiB for "
-        f"{named}) but {available / 2**30:.1f} GiB is available on {device.type}; {fix}"
-    )
 
 
 def _distill(cfg: DistillConfig, *, progress: bool, world: World | None = None) -> dict[str, Any]:

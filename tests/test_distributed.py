@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from policy_distill.distill import DistillConfig, World, distill
+from policy_distill.distill import DistillConfig, distill
+from policy_distill.distributed import World
 from policy_distill.errors import UserError
 
 SETTINGS = dict(
