@@ -77,9 +77,10 @@ def add_config_arguments(
         # argparse %-formats help strings, so a literal % (as in "x%") must be doubled.
         help_text = f"{docs.get(f.name, '')}{shown}".replace("%", "%%")
         must = f.name in required or not has_default
+        names = (flag(f.name), *f.metadata.get("aliases", ()))  # e.g. a spelling torchrun leaves alone
         if hint is bool:
             parser.add_argument(
-                flag(f.name), dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text
+                *names, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text
             )
         else:
             base = (
@@ -88,7 +89,7 @@ def add_config_arguments(
                 else hint
             )
             parser.add_argument(
-                flag(f.name),
+                *names,
                 dest=f.name,
                 type=base,
                 default=None,

@@ -145,8 +145,9 @@ class DistillConfig(TrainingSchedule):
     """Separate held-out dataset, e.g. for train_fraction 1.0 (default: the split's test part)."""
     seed: int = 0
     """Seed of the student's initialisation, batch order and directions v."""
-    run: str = ""
-    """Run name under runs/<game>/ (default: derived from method, fraction and seed)."""
+    run: str = dataclasses.field(default="", metadata={"aliases": ("--run-name",)})
+    """Run name under runs/<game>/ (default: derived from method, fraction and seed). Under
+    torchrun spell it --run-name: torchrun's own parser takes --run for its --run-path."""
     runs_dir: str = "runs"
     """Root of run directories."""
 

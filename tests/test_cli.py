@@ -81,3 +81,10 @@ def test_collect_json_result_is_last_line(tmp_path) -> None:
     assert result.returncode == 0, result.stderr
     record = json.loads(result.stdout.strip().splitlines()[-1])
     assert record["frames"] == 24 and record["game"] == "pong"
+
+
+def test_run_name_is_the_torchrun_safe_spelling_of_run() -> None:
+    from policy_distill.cli import build_parser
+
+    assert build_parser().parse_args(["distill", "--run-name", "ddp"]).run == "ddp"
+    assert build_parser().parse_args(["distill", "--run", "one"]).run == "one"

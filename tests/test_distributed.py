@@ -45,9 +45,10 @@ def torchrun(cfg: DistillConfig, processes: int = 2) -> dict:
     returns rank 0's JSON result."""
     flags = []
     for name, value in vars(cfg).items():
-        flag = f"--{name.replace('_', '-')}"
-        if name == "run" or value == "":
-            continue  # (torchrun's own parser takes --run for an abbreviation of --run-path)
+        # torchrun's own parser takes --run for an abbreviation of its --run-path: --run-name.
+        flag = "--run-name" if name == "run" else f"--{name.replace('_', '-')}"
+        if value == "":
+            continue
         flags.append(
             (flag if value else f"--no-{flag[2:]}") if isinstance(value, bool) else f"{flag}={value}"
         )
@@ -84,7 +85,8 @@ def test_two_processes_train_as_one_with_the_same_global_batch(tiny, tmp_path) -
     the averaged gradients are the global batch's, so losses and weights equal one process's."""
     steps = dict(steps=6, eval_every=1, alpha=0.0)
     one = distill(config(tiny, tmp_path / "one", **steps), progress=False)
-    two = torchrun(config(tiny, tmp_path / "two", **steps))
+    two = torchrun(config(tiny, tmp_path / "two", run="named", **steps))  # passed as --run-name
+    assert Path(two["run_dir"]).name == "named"
     a, b = weights(one["run_dir"]), weights(two["run_dir"])
     assert a["step"] == b["step"] == 6
     for key in a["state_dict"]:
