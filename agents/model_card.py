@@ -118,8 +118,9 @@ def write_model_card(
         "",
         "## Score",
         "",
-        "Raw game score (unclipped rewards summed over whole games), the toolkit's default settings "
-        f"record, evaluation seed {seed}:",
+        "Raw game score (unclipped rewards summed over whole games), the toolkit's default environment "
+        "(the settings record's `life_loss_terminal` and `clip_rewards` only change what the learner "
+        f"trained on), evaluation seed {seed}:",
         "",
         f"- actions sampled from the policy: {_score_line(scores)}; human-normalised "
         f"{scores.human_normalized:.3f}",
@@ -149,7 +150,8 @@ def write_model_card(
         f"- algorithm: {training.get('algorithm', 'unknown')}",
         f"- agent steps: {steps:,} ({frames:,} emulator frames)"
         + (f" of {total:,} planned" if total else ""),
-        f"- wall time: {training.get('wall_time_s', 0) / 60:.0f} minutes in all, by sitting:",
+        f"- wall time: {training.get('wall_time_s', 0) / 60:.0f} minutes in all, by sitting (each on one "
+        "core beside other work, so more than the machine needs alone):",
         "",
         *_segments_table(training.get("segments", [])),
         "",
