@@ -2,10 +2,11 @@
 
 The convention for every command: its settings are frozen dataclasses that validate themselves
 in ``__post_init__`` with messages in field terms (:class:`policy_distill.errors.ConfigError`);
-this module maps their fields to flags (``learning_rate`` -> ``--learning-rate``, booleans to
-``--x/--no-x``, fields without a default to required flags) and builds them back from the parsed
-options. Config classes document every field with a string literal right under it (CleanRL's
-style); the help text is read from the source, so help and code cannot drift.
+this module maps their fields to flags (``learning_rate`` -> ``--learning-rate``, booleans on
+by default to ``--x/--no-x`` and off by default to a plain ``--x`` switch, fields without a
+default to required flags) and builds them back from the parsed options. Config classes
+document every field with a string literal right under it (CleanRL's style); the help text is
+read from the source, so help and code cannot drift.
 """
 
 from __future__ import annotations
@@ -78,7 +79,13 @@ def add_config_arguments(
         help_text = f"{docs.get(f.name, '')}{shown}".replace("%", "%%")
         must = f.name in required or not has_default
         names = (flag(f.name), *f.metadata.get("aliases", ()))  # e.g. a spelling torchrun leaves alone
-        if hint is bool:
+        if hint is bool and f.default is not True:
+            # Off by default: a plain switch. (BooleanOptionalAction would read a field named
+            # no_x, flag --no-x, as the negation of an --x and set it False.)
+            parser.add_argument(*names, dest=f.name, action="store_true", default=None, help=help_text)
+        elif hint is bool:
+            if f.name.startswith("no_"):
+                raise TypeError(f"{cls.__name__}.{f.name}: a no_ switch must default to False")
             parser.add_argument(
                 *names, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text
             )

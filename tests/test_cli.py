@@ -88,3 +88,15 @@ def test_run_name_is_the_torchrun_safe_spelling_of_run() -> None:
 
     assert build_parser().parse_args(["distill", "--run-name", "ddp"]).run == "ddp"
     assert build_parser().parse_args(["distill", "--run", "one"]).run == "one"
+
+
+def test_switches_set_their_fields() -> None:
+    """A field off by default is a plain switch: --no-progress and --no-teacher turn theirs on
+    (argparse's BooleanOptionalAction would have read them as negations and set them False)."""
+    from policy_distill.cli import build_parser
+
+    parse = build_parser().parse_args
+    assert parse(["evaluate", "--checkpoint", "x.pt", "--no-teacher"]).no_teacher is True
+    assert parse(["evaluate", "--checkpoint", "x.pt"]).no_teacher is None  # the default stays
+    assert parse(["collect", "--game", "pong", "--no-progress", "--overwrite"]).no_progress is True
+    assert parse(["distill", "--no-channels-last"]).channels_last is False  # on by default: --x/--no-x
