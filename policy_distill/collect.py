@@ -317,8 +317,7 @@ def _write(
     frame_offset = 0
     for stream, done, score in episodes:
         n = len(stream)
-        for i, frame in enumerate(stream.frames):
-            all_frames[frame_offset + i] = frame
+        all_frames[frame_offset : frame_offset + len(stream.frames)] = stream.frames
         frame_index.append(np.asarray(stream.frame_index, dtype=np.int64) + frame_offset)
         log_probs.append(np.stack(stream.log_probs))
         actions.append(np.asarray(stream.actions, dtype=np.uint8))
