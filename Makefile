@@ -78,7 +78,9 @@ report: setup
 
 benchmark: setup
 	$(PY) benchmarks/collection_throughput.py
-	$(PY) benchmarks/distill_throughput.py
+	# The JSON line carries the estimators' time ratios; --memory-frames adds distill's peak
+	# resident memory with and without the dataset on disk (it records 100K frames twice).
+	$(PY) benchmarks/distill_throughput.py --json --memory-frames 100000
 	$(PY) benchmarks/teacher_throughput.py
 	$(PY) benchmarks/student_vs_teacher.py
 

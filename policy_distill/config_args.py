@@ -74,7 +74,8 @@ def add_config_arguments(
         hint = hints[f.name]
         has_default = f.default is not dataclasses.MISSING
         default = f.default if has_default else None
-        shown = "" if not has_default or f.name in required else f" (default: {default})"
+        # A None default is resolved by the config itself (its docstring says how): not shown.
+        shown = "" if not has_default or f.name in required or default is None else f" (default: {default})"
         # argparse %-formats help strings, so a literal % (as in "x%") must be doubled.
         help_text = f"{docs.get(f.name, '')}{shown}".replace("%", "%%")
         must = f.name in required or not has_default

@@ -72,6 +72,10 @@ from policy_distill.resources import check_memory
 from policy_distill.settings import PRECISION_CHOICES, game_info
 from policy_distill.student import STUDENT_FORMAT, StudentArch, StudentNet, student_record
 
+TUNED_ALPHA = {"vjp": 0.01, "jvp": 0.001, "fd": 0.001}
+"""Default ``alpha`` per Sobolev estimator: the lowest validation KL on Pong (train fraction 1.0,
+last 10% held out, 1,500 steps, fp32) among 0.1, 0.01 and 0.001 (docs/estimators.md)."""
+
 
 @dataclass(frozen=True)
 class TrainingSchedule:
@@ -112,24 +116,26 @@ class DistillConfig(TrainingSchedule):
     learning_rate: float = 1e-3
     """Adam step size (the paper tuned it per game in [1e-5, 1e-3]; 1e-3 won on Pong's
     validation split, see docs/tuning/pong.md)."""
-    alpha: float = 0.01
-    """Weight of the Sobolev term; 0 trains on the KL alone. The term's raw size is ~100x the
-    KL's (input-gradients over 28K pixels), so 0.01 balances them; chosen on Pong's validation
-    split among 1, 0.1 and 0.01 (docs/tuning/pong.md)."""
+    alpha: float | None = None
+    """Weight of the Sobolev term; 0 trains on the KL alone. Default: the value chosen for the
+    estimator on Pong's validation split (``TUNED_ALPHA``; docs/estimators.md), because the
+    estimators' terms differ in scale: vjp's is ~100x the KL (input-gradients over 28K pixels)."""
     num_projections: int = 1
     """K: random directions v per frame for the Sobolev term."""
     grad_norm: str = "l2"
     """Distance between input-gradients: l2 (the paper's), squared_l2 or l1."""
     sobolev_estimator: str = "vjp"
     """How the Sobolev term is estimated: vjp (the paper's: random directions in action space,
-    a teacher VJP and the student's double backward), jvp (random directions in input space,
-    directional derivatives by forward-mode AD, no double backward) or fd (the same by finite
-    differences: one more forward of each network); see policy_distill/losses.py."""
+    a teacher VJP and the student's double backward), jvp (random +-1 directions in input
+    space, directional derivatives by forward-mode AD, no double backward) or fd (the same
+    directions; the teacher's derivative by a finite difference, one more teacher forward, the
+    student's exactly alongside its forward pass); see policy_distill/losses.py."""
     channels_last: bool = True
     """Run both networks' convolutions in the channels_last memory format (a speed setting:
     results equal within float rounding; benchmarks/distill_throughput.py measures it)."""
     fd_epsilon: float = FD_EPSILON
-    """Finite-difference step of the fd estimator (chosen by measurement, losses.FD_EPSILON)."""
+    """Finite-difference step of the fd estimator's teacher side (chosen by measurement,
+    losses.FD_EPSILON)."""
     kl_direction: str = "student_teacher"
     """student_teacher = KL(pi || pi*) (the paper's) or teacher_student."""
     temperature: float = 1.0
@@ -153,11 +159,13 @@ class DistillConfig(TrainingSchedule):
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "game", game_info(self.game).name)
+        check_fields("distillation settings", [one_of(self, "sobolev_estimator", SOBOLEV_ESTIMATORS)])
+        if self.alpha is None:
+            object.__setattr__(self, "alpha", TUNED_ALPHA[self.sobolev_estimator])
         check_fields(
             "distillation settings",
             [
                 one_of(self, "grad_norm", ("l2", "squared_l2", "l1")),
-                one_of(self, "sobolev_estimator", SOBOLEV_ESTIMATORS),
                 within(self, "fd_epsilon", 0, 1, open_low=True),
                 one_of(self, "kl_direction", ("student_teacher", "teacher_student")),
                 at_least(self, "alpha", 0),
@@ -304,6 +312,7 @@ def train_step(
             generator=generator,
             estimator=cfg.sobolev_estimator,  # type: ignore[arg-type]
             student_logits=student,
+            student_layers=student.layers(),
             eps=cfg.fd_epsilon,
         )
     reported = loss if world is None else world.mean_loss(loss)  # every rank decides alike

@@ -59,6 +59,10 @@ class StudentNet(nn.Module):
         """``[B, 4, 84, 84] float`` -> ``[B, A]`` logits."""
         return self.policy_head(self.torso(x))
 
+    def layers(self) -> list[nn.Module]:
+        """The network in order (``forward`` applies them one after another)."""
+        return [*self.torso, self.policy_head]
+
     def log_probs(self, x: Tensor) -> Tensor:
         """``[B, 4, 84, 84] float`` in [0, 1] -> ``[B, A]`` log-probabilities (float32)."""
         return torch.log_softmax(self(x).float(), dim=-1)

@@ -12,7 +12,7 @@ import policy_distill.distill as distill_module
 from agents.loading import load_teacher
 from policy_distill.collect import CollectConfig, collect
 from policy_distill.dataset import FrameStore, load_dataset
-from policy_distill.distill import DistillConfig, distill
+from policy_distill.distill import TUNED_ALPHA, DistillConfig, distill
 from policy_distill.errors import UserError
 from policy_distill.evaluation import evaluate_policy
 from policy_distill.metrics import gradient_fidelity
@@ -234,3 +234,14 @@ def test_validation_run_holds_out_part_of_the_training_split(tiny) -> None:
     assert val.test[-1] < len(dataset.split(0.9).train)  # the test part is never looked at
     with pytest.raises(UserError, match="validation_fraction cannot be combined with test_data"):
         config(tiny, validation_fraction=0.3, test_data=str(tiny / "data"))
+
+
+@pytest.mark.parametrize("estimator", ["vjp", "jvp", "fd"])
+def test_alpha_defaults_to_the_value_tuned_for_the_estimator(estimator: str) -> None:
+    """The estimators' terms differ in scale, so a user who picks one gets its own alpha; an
+    explicit alpha (0 included: KL only) always wins."""
+    assert DistillConfig(sobolev_estimator=estimator).alpha == TUNED_ALPHA[estimator]
+    assert DistillConfig(sobolev_estimator=estimator, alpha=0.5).alpha == 0.5
+    assert DistillConfig(sobolev_estimator=estimator, alpha=0).method == "kl"
+    with pytest.raises(UserError, match="sobolev_estimator"):
+        DistillConfig(sobolev_estimator="exact")

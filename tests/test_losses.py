@@ -11,19 +11,27 @@ from torch import nn
 from policy_distill.losses import (
     FD_EPSILON,
     distillation_loss,
+    empty_stack_like,
     gradient_distance,
     input_jacobian,
     jvp_logits,
     kl_divergence,
+    log_softmax_tangent,
+    sample_input_directions,
     sample_unit_sphere,
+    sequential_jvp,
     sobolev_exact_loss,
     teacher_directional_derivatives,
 )
 
 
-def small_policy(seed: int, actions: int = 5, dtype: torch.dtype = torch.float32) -> nn.Module:
+def small_policy(
+    seed: int, actions: int = 5, dtype: torch.dtype = torch.float32, activation: type[nn.Module] = nn.Tanh
+) -> nn.Module:
     torch.manual_seed(seed)
-    net = nn.Sequential(nn.Flatten(), nn.Linear(2 * 3 * 3, 16), nn.Tanh(), nn.Linear(16, actions)).to(dtype)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(2 * 3 * 3, 16), activation(), nn.Linear(16, actions)).to(
+        dtype
+    )
     net.log_probs = lambda x: torch.log_softmax(net(x), dim=-1)  # type: ignore[attr-defined]
     return net
 
@@ -89,6 +97,7 @@ def estimator_draws(student, teacher, x, estimator: str, n: int, gen: torch.Gene
                 generator=gen,
                 estimator=estimator,
                 student_logits=student,
+                student_layers=list(student),
             ).sobolev.item()
             for _ in range(n)
         ]
@@ -207,7 +216,7 @@ def test_bf16_autocast_gives_the_float32_loss_and_parameter_gradients_closely() 
 @pytest.mark.parametrize("estimator", ["jvp", "fd"])
 def test_input_space_estimators_match_exact_jacobian_loss(torch_gen, estimator: str) -> None:
     """E_u ||(J_t - J_s) u||^2 = ||J_t - J_s||_F^2 = A x the exact per-action mean."""
-    student, teacher = small_policy(0), small_policy(1)
+    student, teacher = small_policy(0, activation=nn.ReLU), small_policy(1)
     x = torch.rand(6, 2, 3, 3, generator=torch_gen)
     exact, _ = sobolev_exact_loss(student.log_probs, teacher.log_probs, x, norm="squared_l2")
     target = exact.item() * 5  # A = 5 actions
@@ -245,7 +254,7 @@ def test_jvp_parameter_gradient_equals_the_double_backward_one(torch_gen) -> Non
 
 @pytest.mark.parametrize("estimator", ["jvp", "fd"])
 def test_input_space_estimators_train_the_student_only(torch_gen, estimator: str) -> None:
-    student, teacher = small_policy(0), small_policy(1)
+    student, teacher = small_policy(0, activation=nn.ReLU), small_policy(1)
     x = torch.rand(4, 2, 3, 3, generator=torch_gen)
     loss = distillation_loss(
         student.log_probs,
@@ -256,6 +265,7 @@ def test_input_space_estimators_train_the_student_only(torch_gen, estimator: str
         generator=torch_gen,
         estimator=estimator,
         student_logits=student,
+        student_layers=list(student),
     )
     loss.sobolev.backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in student.parameters())
@@ -269,10 +279,51 @@ def test_finite_differences_match_forward_mode_on_the_real_teacher(torch_gen) ->
 
     teacher = load_teacher("pong")
     x = torch.rand(16, 4, 84, 84, generator=torch_gen)
-    u = torch.randn(1, 16, 4, 84, 84, generator=torch_gen)
+    u = sample_input_directions(1, x, generator=torch_gen)
     exact = teacher_directional_derivatives(teacher.log_probs, x, u, method="jvp")[0]
     fd = teacher_directional_derivatives(teacher.log_probs, x, u, method="fd", eps=FD_EPSILON)[0]
     relative = (fd - exact).norm(dim=1) / exact.norm(dim=1)
     assert relative.median() < 0.02
     coarse = teacher_directional_derivatives(teacher.log_probs, x, u, method="fd", eps=1e-2)[0]
     assert ((coarse - exact).norm(dim=1) / exact.norm(dim=1)).median() > relative.median()
+
+
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+def test_input_directions_are_isotropic_signs_in_the_inputs_layout(torch_gen, memory_format) -> None:
+    """Rademacher entries (E[u u^T] = I), fresh per draw, each slice laid out as x is (so that
+    x + eps u and the distances copy nothing)."""
+    x = torch.rand(64, 4, 6, 6).contiguous(memory_format=memory_format)
+    u = sample_input_directions(3, x, generator=torch_gen)
+    assert u.shape == (3, *x.shape) and u.dtype == torch.float32
+    assert all(u[k].is_contiguous(memory_format=memory_format) for k in range(3))
+    assert set(u.unique().tolist()) == {-1.0, 1.0}
+    flat = u.reshape(3, -1)
+    assert abs(flat.mean().item()) < 4 / math.sqrt(flat.numel())  # 4 standard errors
+    assert not torch.equal(u[0], u[1])
+    # Second moment: the entries are uncorrelated (off-diagonal of E[u u^T] ~ 0).
+    pairs = flat[:, :-1] * flat[:, 1:]
+    assert abs(pairs.mean().item()) < 4 / math.sqrt(pairs.numel())
+    stack = empty_stack_like(x, 2)
+    assert stack[1].is_contiguous(memory_format=memory_format)
+
+
+def test_sequential_jvp_is_exact_and_its_parameter_gradient_is_forward_modes(torch_gen) -> None:
+    """The tangent carried beside a ReLU convnet's forward equals forward-mode AD's, and so do
+    the parameter gradients of a loss on it (no finite-difference spikes)."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(2, 4, 2), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 2 * 2, 5))
+    x = torch.rand(3, 2, 3, 3, generator=torch_gen)
+    u = sample_input_directions(1, x, generator=torch_gen)[0]
+    logits, tangent = sequential_jvp(list(net), x, u)
+    torch.testing.assert_close(logits, net(x))
+    _, reference = jvp_logits(net, x, u)
+    _, mine = log_softmax_tangent(logits, tangent)
+    torch.testing.assert_close(mine, reference, rtol=1e-5, atol=1e-6)
+    mine.pow(2).sum().backward()
+    got = [p.grad.clone() for p in net.parameters()]
+    net.zero_grad()
+    reference.pow(2).sum().backward()
+    for a, b in zip(got, (p.grad for p in net.parameters())):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    with pytest.raises(TypeError, match="Tanh"):
+        sequential_jvp([nn.Tanh()], x, u)
