@@ -561,6 +561,12 @@ def _distill_distributed(cfg: DistillConfig, world: World, *, progress: bool) ->
         if lock is not None:
             lock.release()
         if own_group:
+            # Every rank past its last collective before any tears its connections down: a gloo
+            # rank that destroyed its group while its peer still finished the closing broadcast
+            # aborted the peer ("terminate called without an active exception", seen once in CI).
+            # Skipped when leaving on an error, where the peers may never arrive.
+            if sys.exc_info()[0] is None:
+                dist.barrier()
             dist.destroy_process_group()
 
 

@@ -62,7 +62,9 @@ def torchrun(cfg: DistillConfig, processes: int = 2) -> dict:
         text=True,
         timeout=120,
     )
-    assert done.returncode == 0, done.stderr[-3000:]
+    # The head of stderr holds the ranks' own messages, its tail torchrun's summary of who died.
+    stderr = done.stderr if len(done.stderr) < 4000 else f"{done.stderr[:2000]}\n...\n{done.stderr[-2000:]}"
+    assert done.returncode == 0, f"stdout:\n{done.stdout[-1500:]}\nstderr:\n{stderr}"
     results = [line for line in done.stdout.splitlines() if line.startswith("{")]
     assert len(results) == 1, done.stdout  # rank 0 alone reports
     return json.loads(results[0])
