@@ -10,10 +10,13 @@ clone), once with the dataset already on disk.
 
     python benchmarks/distill_throughput.py [--device auto] [--steps 20] [--memory-frames 0] [--json]
 
-The JSON object has ``kl_samples_per_s`` and, per estimator, ``<name>_samples_per_s`` and
-``<name>_time_ratio`` (KL-only samples/s over the estimator's: how many KL steps one costs), and
-``best_time_ratio``, all in float32 with channels_last (the defaults), plus every configuration
-measured under ``configurations``.
+The JSON object has ``kl_samples_per_s`` and, per estimator as ``distill`` runs it by default
+(``fd`` sharing each input direction between ``fd_samples_per_direction`` samples),
+``<name>_samples_per_s`` and ``<name>_time_ratio`` (KL-only samples/s over the estimator's: how
+many KL steps one costs), and ``best_time_ratio``, all in float32 with channels_last (the
+defaults); ``time_ratios_by_label`` also has an estimator with one direction per sample where its
+default shares them, under the estimator study's labels (``fd``, ``fd-share4``); every
+configuration measured is under ``configurations``.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from agents.loading import load_teacher
 from policy_distill.checkpoint import hardware_description
 from policy_distill.devices import cpu_capability, pick_device, resolve_precision
 from policy_distill.distill import DistillConfig, train_step
+from policy_distill.experiments.estimators import label
 from policy_distill.losses import (
     SOBOLEV_ESTIMATORS,
     kl_divergence,
@@ -110,6 +114,13 @@ def peak_memory_of_distill(frames: int, with_dataset: bool, workdir: str) -> flo
     return int(out.stdout.split()[-1]) / 1024
 
 
+def settings_resolved(setting: tuple[str, int | None], batch_size: int) -> tuple[str, int]:
+    """(estimator, samples_per_direction) with distill's default for None filled in."""
+    estimator, shared = setting
+    cfg = DistillConfig(sobolev_estimator=estimator, samples_per_direction=shared, batch_size=batch_size)
+    return estimator, cfg.samples_per_direction
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--teacher", default="pong")
@@ -134,14 +145,23 @@ def main() -> None:
     x = torch.randint(0, 256, (args.batch_size, 4, 84, 84), device=device).float() / 255
     with torch.no_grad():
         logp = teacher.log_probs(x)
-    methods = ["kl", *SOBOLEV_ESTIMATORS]
+    # Each estimator as distill runs it by default; an estimator whose default shares input
+    # directions between samples is also measured with one direction per sample.
+    settings: dict[str, tuple[str, int | None]] = {"kl": ("vjp", None)}
+    for est in SOBOLEV_ESTIMATORS:
+        settings[est] = (est, None)
+        if DistillConfig(sobolev_estimator=est, batch_size=args.batch_size).samples_per_direction > 1:
+            settings[f"{est}-per-sample"] = (est, 1)
+    methods = list(settings)
     configs = [(m, p, cl) for p in precisions for cl in (True, False) for m in methods]
     rates: dict[tuple[str, str, bool], float] = {}
     for _ in range(args.repeats):
         for method, precision, channels_last in configs:
+            estimator, shared = settings[method]
             cfg = DistillConfig(
                 alpha=0.0 if method == "kl" else 0.01,
-                sobolev_estimator="vjp" if method == "kl" else method,
+                sobolev_estimator=estimator,
+                samples_per_direction=shared,
                 batch_size=args.batch_size,
                 channels_last=channels_last,
                 device=str(device),
@@ -180,12 +200,22 @@ def main() -> None:
         prefix = "" if precision == "fp32" else f"{precision}_"
         kl_rate = rates[("kl", precision, True)]
         result[f"{prefix}kl_samples_per_s"] = round(kl_rate, 1)
+        for est in SOBOLEV_ESTIMATORS:
+            result[f"{est}_samples_per_direction"] = settings_resolved(settings[est], args.batch_size)[1]
         ratios = {}
         for est in SOBOLEV_ESTIMATORS:
             result[f"{prefix}{est}_samples_per_s"] = round(rates[(est, precision, True)], 1)
             ratios[est] = kl_rate / rates[(est, precision, True)]
             result[f"{prefix}{est}_time_ratio"] = round(ratios[est], 2)
         result[f"{prefix}best_time_ratio"] = round(min(ratios.values()), 2)
+        # Under the estimator study's labels (policy_distill/experiments/estimators.py).
+        result[f"{prefix}time_ratios_by_label"] = {
+            label("sobolev", *settings_resolved(settings[m], args.batch_size)): round(
+                kl_rate / rates[(m, precision, True)], 2
+            )
+            for m in methods
+            if m != "kl"
+        }
         print(
             f"{precision}, channels_last: time ratio to KL-only "
             + ", ".join(f"{est} {r:.2f}" for est, r in ratios.items())

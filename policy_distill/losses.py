@@ -22,6 +22,11 @@ teacher's and the student's input Jacobians of log pi, J_t and J_s (``[A, D]`` p
   student's J_s u exactly, by carrying the tangent beside its forward pass
   (:func:`sequential_jvp`), with an ordinary backward. No teacher VJP, no double backward.
 
+``jvp`` and ``fd`` can share each direction u between n samples of a batch
+(``samples_per_direction``; ``distill`` defaults to 4 for ``fd``): every sample's estimate stays
+unbiased, and the directions are drawn, and the student's first convolution applied to them, for
+B / n frames instead of B.
+
 For squared-L2 distances E_v ||dJ^T v||^2 = ||dJ||_F^2 / A and E_u ||dJ u||^2 = ||dJ||_F^2: the
 estimators target the same quantity up to the factor A, with variances of the same order, since
 both are quadratic forms of a rank-A matrix (``alpha`` is re-chosen per estimator, the scales
@@ -277,9 +282,17 @@ def empty_stack_like(x: Tensor, k: int, *, dtype: torch.dtype | None = None) -> 
     return torch.empty((k, *x.shape), dtype=dtype, device=x.device)
 
 
-def sample_input_directions(k: int, x: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
-    """Rademacher directions u in input space (entries +-1), ``[K, B, D...]`` float32, for the
+def sample_input_directions(
+    k: int, x: Tensor, *, generator: torch.Generator | None = None, per_batch: int = 0
+) -> Tensor:
+    """Rademacher directions u in input space (entries +-1), ``[K, P, D...]`` float32, for the
     ``jvp`` / ``fd`` estimators, each ``[k]`` slice in ``x``'s memory format.
+
+    ``per_batch`` P > 0 draws P directions shared by the batch, sample i taking ``u[:, i % P]``
+    (P must divide B; see :func:`broadcast_directions`); 0 draws one per sample (P = B). Each
+    sample's estimate stays unbiased either way; sharing correlates the estimates of samples
+    that share a direction, and saves drawing B directions and the first layer's tangent on
+    them (:func:`sequential_jvp`).
 
     Any u with independent zero-mean unit-variance entries has E[u u^T] = I, so E ||dJ u||^2 =
     ||dJ||_F^2 holds as for u ~ N(0, I); among such distributions the Rademacher one gives the
@@ -288,6 +301,10 @@ def sample_input_directions(k: int, x: Tensor, *, generator: torch.Generator | N
     bytes, drawn as 64-bit words, 4x faster on the CPU than ``torch.randn`` of the same size
     (5 against 20 ms for 200 frames), which matters beside a KL step of about 30 ms.
     """
+    if per_batch > 0:
+        if x.shape[0] % per_batch:
+            raise ValueError(f"{per_batch} shared directions do not divide the batch of {x.shape[0]}")
+        x = x[:per_batch]
     out = empty_stack_like(x, k, dtype=torch.float32)
     # Fill the storage in its physical order: the entries are i.i.d., so the layout is free.
     physical = out.permute(0, 1, 3, 4, 2) if out.dim() == 5 and not out.is_contiguous() else out
@@ -298,6 +315,25 @@ def sample_input_directions(k: int, x: Tensor, *, generator: torch.Generator | N
     # An arithmetic shift spreads the sign bit (-1 or 0); or-ing 1 maps those to -1 and +1.
     physical.copy_(signs.bitwise_right_shift(7).bitwise_or_(1))
     return out
+
+
+def broadcast_directions(t: Tensor, batch: int) -> Tensor:
+    """``[P, ...]`` per-direction values over a batch of ``batch`` = n P samples, sample i taking
+    row ``i % P``: ``[batch, ...]`` (a materialised copy in ``t``'s memory format; ``t`` itself when
+    P = batch)."""
+    p = t.shape[0]
+    if p == batch:
+        return t
+    out = torch.empty((batch, *t.shape[1:]), dtype=t.dtype, device=t.device)
+    if t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last):
+        out = out.contiguous(memory_format=torch.channels_last)
+    out.view(batch // p, *t.shape).copy_(t)
+    return out
+
+
+def _batch_groups(a: Tensor, p: int) -> Tensor:
+    """``[n P, ...]`` viewed as ``[n, P, ...]`` (a view in any memory format: only dim 0 splits)."""
+    return a.view(a.shape[0] // p, p, *a.shape[1:])
 
 
 def log_softmax_tangent(logits: Tensor, logits_tangent: Tensor) -> tuple[Tensor, Tensor]:
@@ -346,12 +382,18 @@ def sequential_jvp(layers: Sequence[nn.Module], x: Tensor, u: Tensor) -> tuple[T
 
     Args:
         layers: The network in order (``[B, D...] -> [B, A]``).
-        x: ``[B, D...]`` inputs; u: ``[B, D...]`` a direction per sample.
+        x: ``[B, D...]`` inputs; u: ``[P, D...]`` directions, sample i taking ``u[i % P]``
+            (P = B: one per sample). With P < B the tangent stays at P rows through the layers
+            before the first ReLU (the first convolution, the costliest, runs on P frames, not
+            B) and is broadcast over the batch by the ReLU's mask.
 
     Returns:
         ``(logits [B, A], tangent [B, A])``, both differentiable w.r.t. the layers' parameters.
     """
     h, t = x, u.to(x.dtype)
+    batch, shared = x.shape[0], u.shape[0]
+    if batch % shared:
+        raise ValueError(f"{shared} directions do not divide the batch of {batch}")
     for layer in layers:
         if isinstance(layer, nn.Conv2d):
             h = layer(h)
@@ -360,13 +402,19 @@ def sequential_jvp(layers: Sequence[nn.Module], x: Tensor, u: Tensor) -> tuple[T
             h, t = layer(h), F.linear(t, layer.weight)
         elif isinstance(layer, nn.ReLU):
             h = torch.relu(h)
-            t = t * (h > 0)  # the ReLU's derivative, a constant mask (zero a.e. in theta)
+            if t.shape[0] == batch:
+                t = t * (h > 0)  # the ReLU's derivative, a constant mask (zero a.e. in theta)
+            else:  # the mask broadcasts the shared tangent over the batch: [n, P, ...] * [P, ...]
+                # (the product keeps the mask's layout, so the reshape is a view)
+                t = (_batch_groups(h > 0, shared) * t).reshape(h.shape)
         elif isinstance(layer, nn.Flatten):
             h, t = layer(h), layer(t)
         else:
             raise TypeError(
                 f"sequential_jvp handles Conv2d, Linear, ReLU and Flatten, not {type(layer).__name__}"
             )
+    if t.shape[0] != batch:  # no ReLU met: a linear chain
+        t = broadcast_directions(t, batch)
     return h, t
 
 
@@ -374,10 +422,18 @@ def perturbed_inputs(x: Tensor, u: Tensor, eps: float) -> list[Tensor]:
     """``x + eps u_k`` in float32 for each of the K directions (one fused add each, no temporary).
 
     Args:
-        x: ``[B, D...]``; u: ``[K, B, D...]``. Returns K tensors ``[B, D...]`` in ``x``'s layout.
+        x: ``[B, D...]``; u: ``[K, P, D...]``, sample i taking ``u[:, i % P]``. Returns K
+        tensors ``[B, D...]`` in ``x``'s layout.
     """
     x32 = x.float()
-    return [torch.add(x32, u[k], alpha=eps) for k in range(len(u))]
+    if u.shape[1] == x.shape[0]:
+        return [torch.add(x32, u[k], alpha=eps) for k in range(len(u))]
+    shared, out = u.shape[1], []
+    for k in range(len(u)):  # [n, P, D...] + [P, D...], written in x's layout
+        perturbed = torch.empty_like(x32)
+        torch.add(_batch_groups(x32, shared), u[k], alpha=eps, out=_batch_groups(perturbed, shared))
+        out.append(perturbed)
+    return out
 
 
 def finite_differences(fn: LogProbFn, perturbed: list[Tensor], base: Tensor, eps: float) -> Tensor:
@@ -406,7 +462,7 @@ def teacher_directional_derivatives(
 
     Args:
         teacher: Frozen teacher ``log_probs``.
-        x: ``[B, D...]`` float inputs; u: ``[K, B, D...]`` directions.
+        x: ``[B, D...]`` float inputs; u: ``[K, P, D...]`` directions (sample i: ``u[:, i % P]``).
         teacher_logp: ``[B, A]`` the teacher's log pi(x) (stored in the dataset): f(x) for ``fd``.
         method: ``jvp`` (forward-mode AD) or ``fd`` (one teacher forward per direction).
         eps: The finite-difference step.
@@ -419,7 +475,8 @@ def teacher_directional_derivatives(
         out = []
         for k in range(len(u)):
             with fwAD.dual_level():
-                out.append(fwAD.unpack_dual(teacher(fwAD.make_dual(x, u[k].to(x.dtype)))).tangent.float())
+                tangent = broadcast_directions(u[k].to(x.dtype), x.shape[0])
+                out.append(fwAD.unpack_dual(teacher(fwAD.make_dual(x, tangent))).tangent.float())
         return torch.stack(out)
 
 
@@ -454,6 +511,7 @@ def distillation_loss(
     student_logits: Callable[[Tensor], Tensor] | None = None,
     student_layers: Sequence[nn.Module] | None = None,
     eps: float = FD_EPSILON,
+    samples_per_direction: int = 1,
 ) -> DistillLoss:
     """KL plus, when ``alpha > 0``, the stochastic Sobolev term, from one student forward.
 
@@ -470,6 +528,8 @@ def distillation_loss(
         student_logits: The student's logits function (``forward``), needed by ``jvp``.
         student_layers: The student's layers in order (:func:`sequential_jvp`), needed by ``fd``.
         eps: The ``fd`` estimator's step.
+        samples_per_direction: ``jvp`` / ``fd``: n samples share each input direction, P = B / n
+            directions per batch, sample i taking direction i mod P (:func:`sample_input_directions`).
     """
     if alpha <= 0.0:
         student_logp = student(x)
@@ -478,12 +538,20 @@ def distillation_loss(
     if teacher is None:
         raise ValueError("the Sobolev term needs the teacher (alpha > 0)")
     if estimator in ("jvp", "fd"):
-        u = sample_input_directions(num_projections, x, generator=generator)
+        if x.shape[0] % samples_per_direction:
+            raise ValueError(
+                f"samples_per_direction {samples_per_direction} does not divide the batch of {x.shape[0]}"
+            )
+        per_batch = x.shape[0] // samples_per_direction
+        u = sample_input_directions(num_projections, x, generator=generator, per_batch=per_batch)
         if estimator == "jvp":
             if student_logits is None:
                 raise ValueError("the jvp estimator needs the student's logits function")
             t_derivs = teacher_directional_derivatives(teacher, x, u, method="jvp")
-            pairs = [jvp_logits(student_logits, x, u[k]) for k in range(num_projections)]
+            pairs = [
+                jvp_logits(student_logits, x, broadcast_directions(u[k], x.shape[0]))
+                for k in range(num_projections)
+            ]
             student_logp = pairs[0][0]
             s_derivs = torch.stack([tangent for _, tangent in pairs])
         else:

@@ -136,5 +136,8 @@ def test_world_shares_and_refuses_an_uneven_batch(tiny, tmp_path, monkeypatch) -
     monkeypatch.setenv("RANK", "0")
     with pytest.raises(UserError, match="`batch_size` 16 is not divisible by the 3 processes"):
         distill(config(tiny, tmp_path, steps=1))
+    monkeypatch.setenv("WORLD_SIZE", "4")  # 16 samples: 4 per process, shared by 8 is refused
+    with pytest.raises(UserError, match="`samples_per_direction` 8 does not divide each of the 4 proc"):
+        distill(config(tiny, tmp_path, steps=1, sobolev_estimator="fd", samples_per_direction=8))
     monkeypatch.setenv("WORLD_SIZE", "1")
     assert World.from_env() is None

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from policy_distill.errors import UserError
 from policy_distill.experiments.estimators import (
     choose_alphas,
-    collapsed,
     choose_default,
+    collapsed,
     matches_reference,
     summarise,
+    time_ratios_from,
     tuning_rows,
 )
 
@@ -69,6 +72,26 @@ def test_the_default_is_the_fastest_estimator_matching_the_papers_within_the_see
     assert evidence["fd"] == {"matches_vjp": False, "time_ratio": 2.5}
     # Without a benchmark (no ratios) nothing is eligible and the paper's stays the default.
     assert choose_default(summary, {})[0] == "vjp"
+
+
+def test_shared_direction_rows_are_their_own_estimator_with_their_own_time_ratio(tmp_path) -> None:
+    """fd rows with samples_per_direction 4 are "fd-share4", apart from fd's one-direction rows
+    (rows written before the field existed had one direction per sample); the benchmark's
+    time_ratios_by_label gives each its ratio."""
+    rows = grid({"vjp": {0.1: [0.10, 0.12, 0.14]}, "fd": {0.1: [0.20, 0.21, 0.22]}})
+    rows += [{**r, "samples_per_direction": 4, "final_kl": r["final_kl"] - 0.09} for r in rows[3:]]
+    summary = summarise(rows, "pong")
+    assert {e for e, _ in summary} == {"vjp", "fd", "fd-share4"}
+    assert summary[("fd", 0.1)]["kl"].mean == pytest.approx(0.21)
+    assert summary[("fd-share4", 0.1)]["kl"].mean == pytest.approx(0.12)
+    benchmark = tmp_path / "benchmark.json"
+    by_label = {"vjp": 7.0, "fd": 3.1, "fd-share4": 2.7}
+    line = json.dumps({"fd_time_ratio": 2.7, "time_ratios_by_label": by_label})
+    benchmark.write_text(f"device: CPU\n{line}\n")
+    ratios = time_ratios_from(benchmark)
+    assert ratios == {"vjp": 7.0, "fd": 3.1, "fd-share4": 2.7}
+    name, evidence = choose_default(summary, ratios)
+    assert name == "fd-share4" and evidence["fd"]["matches_vjp"] is False
 
 
 def test_one_seed_cannot_show_a_match() -> None:

@@ -17,6 +17,7 @@ from policy_distill.losses import (
     jvp_logits,
     kl_divergence,
     log_softmax_tangent,
+    perturbed_inputs,
     sample_input_directions,
     sample_unit_sphere,
     sequential_jvp,
@@ -81,8 +82,11 @@ def test_directions_are_uniform_unit_vectors(torch_gen) -> None:
     torch.testing.assert_close(v.T @ v / 20000, torch.eye(4) / 4, atol=0.01, rtol=0)
 
 
-def estimator_draws(student, teacher, x, estimator: str, n: int, gen: torch.Generator, k: int = 1):
-    """n independent estimates of the Sobolev term (squared L2) by ``estimator``."""
+def estimator_draws(
+    student, teacher, x, estimator: str, n: int, gen: torch.Generator, k: int = 1, shared: int = 1
+):
+    """n independent estimates of the Sobolev term (squared L2) by ``estimator``, ``shared``
+    samples per input direction."""
     teacher_logp = teacher.log_probs(x).detach()
     return torch.tensor(
         [
@@ -98,6 +102,7 @@ def estimator_draws(student, teacher, x, estimator: str, n: int, gen: torch.Gene
                 estimator=estimator,
                 student_logits=student,
                 student_layers=list(student),
+                samples_per_direction=shared,
             ).sobolev.item()
             for _ in range(n)
         ]
@@ -214,20 +219,54 @@ def test_bf16_autocast_gives_the_float32_loss_and_parameter_gradients_closely() 
 
 
 @pytest.mark.parametrize("estimator", ["jvp", "fd"])
-def test_input_space_estimators_match_exact_jacobian_loss(torch_gen, estimator: str) -> None:
-    """E_u ||(J_t - J_s) u||^2 = ||J_t - J_s||_F^2 = A x the exact per-action mean."""
+@pytest.mark.parametrize("shared", [1, 3])
+def test_input_space_estimators_match_exact_jacobian_loss(torch_gen, estimator: str, shared: int) -> None:
+    """E_u ||(J_t - J_s) u||^2 = ||J_t - J_s||_F^2 = A x the exact per-action mean, also when
+    ``shared`` samples share each direction (every sample's u is still Rademacher)."""
     student, teacher = small_policy(0, activation=nn.ReLU), small_policy(1)
     x = torch.rand(6, 2, 3, 3, generator=torch_gen)
     exact, _ = sobolev_exact_loss(student.log_probs, teacher.log_probs, x, norm="squared_l2")
     target = exact.item() * 5  # A = 5 actions
-    samples = estimator_draws(student, teacher, x, estimator, 1500, torch_gen)
+    samples = estimator_draws(student, teacher, x, estimator, 1500, torch_gen, shared=shared)
     # Monte Carlo tolerance: 4 standard errors; fd adds its truncation and rounding error (< 1%).
     tolerance = 4 * samples.std().item() / math.sqrt(len(samples)) + (
         0.01 * target if estimator == "fd" else 0
     )
     assert abs(samples.mean().item() - target) < tolerance
-    k4 = estimator_draws(student, teacher, x, estimator, 300, torch_gen, k=4)
+    k4 = estimator_draws(student, teacher, x, estimator, 300, torch_gen, k=4, shared=shared)
     assert k4.std() < samples.std()
+
+
+@pytest.mark.parametrize("first", ["conv", "linear"])
+def test_shared_directions_equal_the_same_directions_written_out_per_sample(torch_gen, first: str) -> None:
+    """P directions shared by a batch of n P (sample i takes u[i % P]) give the logits, tangent,
+    parameter gradients and perturbed inputs that the same directions repeated per sample give:
+    the shortcut (the first layer's tangent on P rows) changes the cost, not the value."""
+    torch.manual_seed(0)
+    if first == "conv":
+        net = nn.Sequential(nn.Conv2d(2, 4, 2), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 2 * 2, 5))
+    else:
+        net = nn.Sequential(nn.Flatten(), nn.Linear(18, 8), nn.ReLU(), nn.Linear(8, 5))
+    x = torch.rand(6, 2, 3, 3, generator=torch_gen).contiguous(memory_format=torch.channels_last)
+    u = sample_input_directions(1, x, generator=torch_gen, per_batch=2)
+    assert u.shape == (1, 2, 2, 3, 3) and u[0].is_contiguous(memory_format=torch.channels_last)
+    repeated = u[0].repeat(3, 1, 1, 1)  # sample i: u[i % 2]
+    runs = []
+    for directions in (u[0], repeated):
+        net.zero_grad()
+        logits, tangent = sequential_jvp(list(net), x, directions)
+        log_softmax_tangent(logits, tangent)[1].pow(2).sum().backward()
+        runs.append((logits.detach(), tangent.detach(), [p.grad.clone() for p in net.parameters()]))
+    (l1, t1, g1), (l2, t2, g2) = runs
+    torch.testing.assert_close(l1, l2)
+    torch.testing.assert_close(t1, t2, rtol=1e-5, atol=1e-6)
+    for a, b in zip(g1, g2):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    shared_x, repeated_x = perturbed_inputs(x, u, 0.5)[0], perturbed_inputs(x, repeated[None], 0.5)[0]
+    torch.testing.assert_close(shared_x, repeated_x, rtol=0, atol=0)
+    assert shared_x.is_contiguous(memory_format=torch.channels_last)
+    with pytest.raises(ValueError, match="4 shared directions do not divide the batch of 6"):
+        sample_input_directions(1, x, per_batch=4)
 
 
 def test_jvp_parameter_gradient_equals_the_double_backward_one(torch_gen) -> None:

@@ -44,9 +44,18 @@ QUALITY = ("action_error", "kl", "grad_cosine")
 """Held-out metrics compared (``final_<name>`` in the results rows)."""
 
 
-def label(method: str, estimator: str | None) -> str:
-    """``kl`` for KL-only rows, else the Sobolev estimator's name."""
-    return "kl" if method == "kl" else (estimator or "vjp")
+def label(method: str, estimator: str | None, samples_per_direction: int | None = 1) -> str:
+    """``kl`` for KL-only rows, else the Sobolev estimator's name, with ``-share<n>`` when n
+    samples share each input direction (rows without the field had one direction each)."""
+    if method == "kl":
+        return "kl"
+    n = samples_per_direction or 1
+    return (estimator or "vjp") + (f"-share{n}" if n > 1 else "")
+
+
+def row_label(row: Mapping[str, Any]) -> str:
+    """:func:`label` of a results row or a run's settings."""
+    return label(row["method"], row.get("sobolev_estimator"), row.get("samples_per_direction"))
 
 
 # --- 1. alpha on the validation split -------------------------------------------------------
@@ -73,7 +82,11 @@ def tuning_rows(run_root: str | Path) -> list[dict[str, Any]]:
         rows.append(
             {
                 "run": latest.parent.name,
-                "estimator": label("sobolev" if cfg["alpha"] > 0 else "kl", cfg.get("sobolev_estimator")),
+                "estimator": label(
+                    "sobolev" if cfg["alpha"] > 0 else "kl",
+                    cfg.get("sobolev_estimator"),
+                    cfg.get("samples_per_direction"),
+                ),
                 "alpha": float(cfg["alpha"]),
                 "learning_rate": float(cfg["learning_rate"]),
                 "step": int(record["step"]),
@@ -126,7 +139,7 @@ def summarise(rows: Iterable[Mapping[str, Any]], game: str) -> Summary:
     for r in latest_rows(rows):
         if r.get("game") != game or r.get("method") not in ("kl", "sobolev"):
             continue
-        cell = values[(label(r["method"], r.get("sobolev_estimator")), float(r["train_fraction"]))]
+        cell = values[(row_label(r), float(r["train_fraction"]))]
         for m in QUALITY:
             cell[m].append(float(r[f"final_{m}"]))
     return {key: {m: interval(v) for m, v in cell.items()} for key, cell in values.items()}
@@ -175,8 +188,8 @@ def choose_default(summary: Summary, time_ratios: Mapping[str, float]) -> tuple[
     """
     evidence = {
         est: {"matches_vjp": matches_reference(summary, est), "time_ratio": time_ratios.get(est)}
-        for est in SOBOLEV_ESTIMATORS
-        if any(e == est for e, _ in summary)
+        for est in _labels(summary)
+        if est != "kl"
     }
     eligible = [est for est, ev in evidence.items() if ev["matches_vjp"] and ev["time_ratio"] is not None]
     if not eligible:
@@ -184,9 +197,17 @@ def choose_default(summary: Summary, time_ratios: Mapping[str, float]) -> tuple[
     return min(eligible, key=lambda est: evidence[est]["time_ratio"]), evidence
 
 
+def _labels(summary: Summary) -> list[str]:
+    """The summary's labels: kl, the estimators in SOBOLEV_ESTIMATORS order, each estimator's
+    shared-direction variants after it."""
+    present = {e for e, _ in summary}
+    rank = {name: i for i, name in enumerate(["kl", *SOBOLEV_ESTIMATORS])}
+    return sorted(present, key=lambda e: (rank.get(e.split("-share")[0], len(rank)), e))
+
+
 def study_table(summary: Summary) -> str:
     fractions = sorted({f for _, f in summary})
-    order = ["kl", *SOBOLEV_ESTIMATORS]
+    order = _labels(summary)
     lines = [
         "| fraction | estimator | seeds | held-out action error | held-out KL | gradient cosine |",
         "|---:|---|---:|---|---|---|",
@@ -204,13 +225,16 @@ def study_table(summary: Summary) -> str:
 
 
 def time_ratios_from(benchmark: str | Path | None) -> dict[str, float]:
-    """``<estimator>_time_ratio`` of ``benchmarks/distill_throughput.py --json``'s object."""
+    """Time ratio to a KL step per label (:func:`label`) from ``benchmarks/distill_throughput.py
+    --json``'s object: its ``time_ratios_by_label``, or for older files ``<estimator>_time_ratio``."""
     if not benchmark:
         return {}
     try:
         data = json.loads(Path(benchmark).read_text().strip().splitlines()[-1])
     except (OSError, ValueError, IndexError) as e:
         raise UserError(f"benchmark file {benchmark} is not the benchmark's JSON line ({e})") from None
+    if "time_ratios_by_label" in data:
+        return {name: float(ratio) for name, ratio in data["time_ratios_by_label"].items()}
     return {
         est: float(data[f"{est}_time_ratio"]) for est in SOBOLEV_ESTIMATORS if f"{est}_time_ratio" in data
     }
@@ -239,7 +263,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(study_table(summary))
         for r in collapsed(rows, args.game):
             print(
-                f"collapsed: {label(r['method'], r.get('sobolev_estimator'))} fraction "
+                f"collapsed: {row_label(r)} fraction "
                 f"{r['train_fraction']:g} seed {r['seed']} (held-out KL {r['final_kl']:.4f}, "
                 f"gradient cosine {r['final_grad_cosine']:.4f})"
             )

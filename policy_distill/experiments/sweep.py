@@ -67,9 +67,10 @@ KEY_FIELDS = (
     "steps",
     "precision",
     "sobolev_estimator",
+    "samples_per_direction",
 )
 """A results row's identity: a cell with a row under this key is never run again."""
-KEY_DEFAULTS = {"precision": "fp32", "sobolev_estimator": "vjp"}
+KEY_DEFAULTS = {"precision": "fp32", "sobolev_estimator": "vjp", "samples_per_direction": 1}
 """Values of key fields that rows written before the field existed implicitly had."""
 
 
@@ -207,6 +208,10 @@ class GameHparams:
     sobolev_estimator: str = "vjp"
     """vjp (the paper's), jvp or fd: how the sobolev method estimates its term (distill's
     sobolev_estimator). Optional in the file; part of a Sobolev cell's identity."""
+    samples_per_direction: int | None = None
+    """jvp and fd: samples sharing an input direction (distill's samples_per_direction).
+    Optional in the file (default: distill's default for the estimator); part of a Sobolev
+    cell's identity."""
 
     def alpha_for(self, method: str) -> float:
         return self.alpha if method == "sobolev" else 0.0
@@ -260,8 +265,11 @@ def load_hparams(path: str | Path) -> dict[str, GameHparams]:
                 f"{where}: sobolev_estimator must be one of {', '.join(SOBOLEV_ESTIMATORS)}, "
                 f"got {estimator!r}"
             )
+        shared = entry.get("samples_per_direction")
+        if shared is not None and (isinstance(shared, bool) or not isinstance(shared, int) or shared < 1):
+            raise UserError(f"{where}: samples_per_direction must be an integer >= 1, got {shared!r}")
         out[game] = GameHparams(
-            float(lr), float(alpha), steps, " ".join(chosen_by.split()), precision, estimator
+            float(lr), float(alpha), steps, " ".join(chosen_by.split()), precision, estimator, shared
         )
     return out
 
@@ -346,10 +354,19 @@ def latest_rows(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
 # --- The sweep -------------------------------------------------------------------------------
 
 
-def cell_key(game: str, method: str, fraction: float, seed: int, hp: GameHparams) -> tuple[Any, ...]:
-    """The results-row key (:func:`row_key`) of a grid cell run with ``hp``."""
+def cell_key(
+    game: str, method: str, fraction: float, seed: int, hp: GameHparams, *, batch_size: int = 200
+) -> tuple[Any, ...]:
+    """The results-row key (:func:`row_key`) of a grid cell run with ``hp`` and ``batch_size``."""
     # KL-only cells have no Sobolev term: they keep the default estimator whatever the file says.
     estimator = hp.sobolev_estimator if method == "sobolev" else KEY_DEFAULTS["sobolev_estimator"]
+    shared = KEY_DEFAULTS["samples_per_direction"]
+    if method == "sobolev":  # what distill resolves it to for this batch size
+        from policy_distill.distill import DistillConfig
+
+        shared = DistillConfig(
+            sobolev_estimator=estimator, samples_per_direction=hp.samples_per_direction, batch_size=batch_size
+        ).samples_per_direction
     return (
         game,
         method,
@@ -360,6 +377,7 @@ def cell_key(game: str, method: str, fraction: float, seed: int, hp: GameHparams
         hp.steps,
         hp.precision,
         estimator,
+        shared,
     )
 
 
@@ -461,7 +479,7 @@ def reproduce(cfg: SweepConfig) -> dict[str, Any]:
             for method in methods:
                 for seed in seeds:
                     index += 1
-                    key = cell_key(game, method, fraction, seed, hp)
+                    key = cell_key(game, method, fraction, seed, hp, batch_size=cfg.batch_size)
                     cell = Cell(
                         key,
                         f"[{index}/{total}] {game} {method} frac {fraction:g} seed {seed}",
@@ -557,6 +575,7 @@ def _run_cell(cfg: SweepConfig, key: tuple[Any, ...], label: str, hardware: str)
         seed=seed,
         precision=cell["precision"],
         sobolev_estimator=cell["sobolev_estimator"],
+        samples_per_direction=cell["samples_per_direction"],
         **{f.name: getattr(cfg, f.name) for f in dataclasses.fields(TrainingSchedule)},
         runs_dir=cfg.runs_dir,
     )
