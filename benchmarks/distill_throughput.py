@@ -10,13 +10,12 @@ clone), once with the dataset already on disk.
 
     python benchmarks/distill_throughput.py [--device auto] [--steps 20] [--memory-frames 0] [--json]
 
-The JSON object has ``kl_samples_per_s`` and, per estimator as ``distill`` runs it by default
-(``fd`` sharing each input direction between ``fd_samples_per_direction`` samples),
+The JSON object has ``kl_samples_per_s`` and, per estimator as ``distill`` runs it by default,
 ``<name>_samples_per_s`` and ``<name>_time_ratio`` (KL-only samples/s over the estimator's: how
 many KL steps one costs), and ``best_time_ratio``, all in float32 with channels_last (the
-defaults); ``time_ratios_by_label`` also has an estimator with one direction per sample where its
-default shares them, under the estimator study's labels (``fd``, ``fd-share4``); every
-configuration measured is under ``configurations``.
+defaults); ``time_ratios_by_label`` adds ``fd-share4``, fd with each input direction shared by 4
+samples (``--samples-per-direction 4``), under the estimator study's labels; every configuration
+measured is under ``configurations``.
 """
 
 from __future__ import annotations
@@ -45,6 +44,9 @@ from policy_distill.losses import (
     teacher_projected_gradients,
 )
 from policy_distill.student import StudentArch, StudentNet
+
+SHARED = 4
+"""Samples per input direction of the shared-direction fd row."""
 
 
 def _sync(device: torch.device) -> None:
@@ -114,13 +116,6 @@ def peak_memory_of_distill(frames: int, with_dataset: bool, workdir: str) -> flo
     return int(out.stdout.split()[-1]) / 1024
 
 
-def settings_resolved(setting: tuple[str, int | None], batch_size: int) -> tuple[str, int]:
-    """(estimator, samples_per_direction) with distill's default for None filled in."""
-    estimator, shared = setting
-    cfg = DistillConfig(sobolev_estimator=estimator, samples_per_direction=shared, batch_size=batch_size)
-    return estimator, cfg.samples_per_direction
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--teacher", default="pong")
@@ -145,13 +140,10 @@ def main() -> None:
     x = torch.randint(0, 256, (args.batch_size, 4, 84, 84), device=device).float() / 255
     with torch.no_grad():
         logp = teacher.log_probs(x)
-    # Each estimator as distill runs it by default; an estimator whose default shares input
-    # directions between samples is also measured with one direction per sample.
-    settings: dict[str, tuple[str, int | None]] = {"kl": ("vjp", None)}
-    for est in SOBOLEV_ESTIMATORS:
-        settings[est] = (est, None)
-        if DistillConfig(sobolev_estimator=est, batch_size=args.batch_size).samples_per_direction > 1:
-            settings[f"{est}-per-sample"] = (est, 1)
+    # (estimator, samples_per_direction) per row: each estimator as distill runs it by default,
+    # and fd with each input direction shared by SHARED samples.
+    settings = {"kl": ("vjp", 1), **{est: (est, 1) for est in SOBOLEV_ESTIMATORS}}
+    settings[label("sobolev", "fd", SHARED)] = ("fd", SHARED)
     methods = list(settings)
     configs = [(m, p, cl) for p in precisions for cl in (True, False) for m in methods]
     rates: dict[tuple[str, str, bool], float] = {}
@@ -200,21 +192,15 @@ def main() -> None:
         prefix = "" if precision == "fp32" else f"{precision}_"
         kl_rate = rates[("kl", precision, True)]
         result[f"{prefix}kl_samples_per_s"] = round(kl_rate, 1)
-        for est in SOBOLEV_ESTIMATORS:
-            result[f"{est}_samples_per_direction"] = settings_resolved(settings[est], args.batch_size)[1]
         ratios = {}
         for est in SOBOLEV_ESTIMATORS:
             result[f"{prefix}{est}_samples_per_s"] = round(rates[(est, precision, True)], 1)
             ratios[est] = kl_rate / rates[(est, precision, True)]
             result[f"{prefix}{est}_time_ratio"] = round(ratios[est], 2)
         result[f"{prefix}best_time_ratio"] = round(min(ratios.values()), 2)
-        # Under the estimator study's labels (policy_distill/experiments/estimators.py).
+        # Every row's, under the estimator study's labels (policy_distill/experiments/estimators.py).
         result[f"{prefix}time_ratios_by_label"] = {
-            label("sobolev", *settings_resolved(settings[m], args.batch_size)): round(
-                kl_rate / rates[(m, precision, True)], 2
-            )
-            for m in methods
-            if m != "kl"
+            m: round(kl_rate / rates[(m, precision, True)], 2) for m in methods if m != "kl"
         }
         print(
             f"{precision}, channels_last: time ratio to KL-only "

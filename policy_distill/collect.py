@@ -36,6 +36,7 @@ from policy_distill.checkpoint import (
     package_versions,
 )
 from policy_distill.dataset import remove_stale_dataset_temporaries, write_dataset
+from policy_distill.devices import release_freed_memory
 from policy_distill.envs import GameTracker, make_vector_env
 from policy_distill.errors import MAX_ENV_SEED, UserError, at_least, check_fields, within
 from policy_distill.policy import TeacherPolicy, to_float
@@ -324,6 +325,10 @@ def _write(
         rewards.append(np.asarray(stream.rewards, dtype=np.float32))
         frame_offset += len(stream.frames)
         stream.frames = []
+        # Hand the episode's freed frames back to the OS now: glibc keeps small freed blocks in
+        # its heap, and without this the copy held the recording twice at its end (measured:
+        # a fresh-clone `make distill` peaked 0.46 GB above the run with the dataset on disk).
+        release_freed_memory()
         episode_starts.append(episode_starts[-1] + n)
         complete.append(done)
         scores.append(score)

@@ -73,7 +73,6 @@ from policy_distill.settings import PRECISION_CHOICES, game_info
 from policy_distill.student import STUDENT_FORMAT, StudentArch, StudentNet, student_record
 
 TUNED_ALPHA = {"vjp": 0.01, "jvp": 0.001, "fd": 0.001}
-TUNED_SAMPLES_PER_DIRECTION = {"fd": 4}
 """Default ``alpha`` per Sobolev estimator: the lowest validation KL on Pong (train fraction 1.0,
 last 10% held out, 1,500 steps, fp32) among 0.1, 0.01 and 0.001 (docs/estimators.md)."""
 
@@ -137,13 +136,13 @@ class DistillConfig(TrainingSchedule):
     fd_epsilon: float = FD_EPSILON
     """Finite-difference step of the fd estimator's teacher side (chosen by measurement,
     losses.FD_EPSILON)."""
-    samples_per_direction: int | None = None
+    samples_per_direction: int = 1
     """jvp and fd: samples of a batch that share one input direction u (sample i takes direction
     i mod B/n; n must divide the batch). Each sample's estimate stays unbiased; sharing
     correlates the estimates of samples with the same u, and saves drawing a direction per
-    sample and the first convolution's tangent on each (fd measured 3.1 -> 2.7 KL steps,
-    losses.sample_input_directions). Default: the study's choice per estimator,
-    ``TUNED_SAMPLES_PER_DIRECTION`` (docs/estimators.md), where it divides batch_size, else 1."""
+    sample and the first convolution's tangent on each (fd at 4: 3.1 -> 2.7 KL steps per step).
+    1, one direction per sample, until the estimator study shows sharing trains as well
+    (docs/estimators.md)."""
     kl_direction: str = "student_teacher"
     """student_teacher = KL(pi || pi*) (the paper's) or teacher_student."""
     temperature: float = 1.0
@@ -170,9 +169,6 @@ class DistillConfig(TrainingSchedule):
         check_fields("distillation settings", [one_of(self, "sobolev_estimator", SOBOLEV_ESTIMATORS)])
         if self.alpha is None:
             object.__setattr__(self, "alpha", TUNED_ALPHA[self.sobolev_estimator])
-        if self.samples_per_direction is None:
-            n = TUNED_SAMPLES_PER_DIRECTION.get(self.sobolev_estimator, 1)
-            object.__setattr__(self, "samples_per_direction", n if self.batch_size % n == 0 else 1)
         check_fields(
             "distillation settings",
             [

@@ -23,7 +23,7 @@ teacher's and the student's input Jacobians of log pi, J_t and J_s (``[A, D]`` p
   (:func:`sequential_jvp`), with an ordinary backward. No teacher VJP, no double backward.
 
 ``jvp`` and ``fd`` can share each direction u between n samples of a batch
-(``samples_per_direction``; ``distill`` defaults to 4 for ``fd``): every sample's estimate stays
+(``samples_per_direction``; ``distill``'s default is 1, none shared): every sample's estimate stays
 unbiased, and the directions are drawn, and the student's first convolution applied to them, for
 B / n frames instead of B.
 

@@ -12,7 +12,7 @@ import policy_distill.distill as distill_module
 from agents.loading import load_teacher
 from policy_distill.collect import CollectConfig, collect
 from policy_distill.dataset import FrameStore, load_dataset
-from policy_distill.distill import TUNED_ALPHA, TUNED_SAMPLES_PER_DIRECTION, DistillConfig, distill
+from policy_distill.distill import TUNED_ALPHA, DistillConfig, distill
 from policy_distill.errors import UserError
 from policy_distill.evaluation import evaluate_policy
 from policy_distill.metrics import gradient_fidelity
@@ -247,21 +247,14 @@ def test_alpha_defaults_to_the_value_tuned_for_the_estimator(estimator: str) -> 
         DistillConfig(sobolev_estimator="exact")
 
 
-def test_samples_per_direction_defaults_per_estimator_and_must_divide_the_batch() -> None:
-    """fd shares each input direction between 4 samples by default (its tuned setting), the other
-    estimators draw one per sample; a default that does not divide the batch falls back to 1,
-    an explicit one that does not is refused in argument terms."""
-    assert TUNED_SAMPLES_PER_DIRECTION["fd"] == 4
-    assert DistillConfig(sobolev_estimator="fd").samples_per_direction == 4
-    assert DistillConfig(sobolev_estimator="jvp").samples_per_direction == 1
-    assert DistillConfig(sobolev_estimator="fd", batch_size=202).samples_per_direction == 1
-    assert DistillConfig(sobolev_estimator="fd", samples_per_direction=1).samples_per_direction == 1
+def test_samples_per_direction_must_divide_the_batch_and_names_the_run() -> None:
+    """One direction per sample unless asked; a count that does not divide the batch is refused
+    in argument terms; a shared run gets its own name, so the two never resume each other."""
+    assert DistillConfig(sobolev_estimator="fd").samples_per_direction == 1
     with pytest.raises(UserError, match="samples_per_direction 3 does not divide batch_size 200"):
         DistillConfig(sobolev_estimator="fd", samples_per_direction=3)
     with pytest.raises(UserError, match="samples_per_direction"):
         DistillConfig(samples_per_direction=0)
-    # Part of the run's name when shared, so the two never resume each other's runs.
-    fd = DistillConfig(sobolev_estimator="fd", precision="fp32")
-    assert fd.run_dir.name == "sobolev-fd-share4-frac0.9-seed0"
-    per_sample = DistillConfig(sobolev_estimator="fd", samples_per_direction=1, precision="fp32")
-    assert per_sample.run_dir.name == "sobolev-fd-frac0.9-seed0"
+    shared = DistillConfig(sobolev_estimator="fd", samples_per_direction=4, precision="fp32")
+    assert shared.run_dir.name == "sobolev-fd-share4-frac0.9-seed0"
+    assert DistillConfig(sobolev_estimator="fd", precision="fp32").run_dir.name == "sobolev-fd-frac0.9-seed0"

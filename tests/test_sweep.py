@@ -426,16 +426,17 @@ def test_the_estimator_is_part_of_a_sobolev_cells_identity(tiny, tmp_path) -> No
     again = reproduce(cfg)
     assert (again["ran"], again["skipped"]) == (1, 1)  # the KL-only cell is the same cell
     fd_row = lines(tmp_path / "results.jsonl")[-1]
-    # fd's default shares each input direction between 4 samples: part of the cell and its name.
-    assert fd_row["sobolev_estimator"] == "fd" and fd_row["samples_per_direction"] == 4
-    assert fd_row["run_dir"].endswith("sobolev-fd-share4-frac0.5-seed0")
+    assert fd_row["sobolev_estimator"] == "fd" and fd_row["samples_per_direction"] == 1
+    assert fd_row["run_dir"].endswith("sobolev-fd-frac0.5-seed0")
     assert torch.load(fd_row["best_checkpoint"], weights_only=True)["config"]["sobolev_estimator"] == "fd"
-    per_sample_entry = {**entry, "sobolev_estimator": "fd", "samples_per_direction": 1}
-    write_hparams(tmp_path / "hparams.json", pong=per_sample_entry)
-    assert reproduce(cfg)["ran"] == 1  # a direction per sample is another cell
-    per_sample = lines(tmp_path / "results.jsonl")[-1]
-    assert per_sample["samples_per_direction"] == 1
-    assert per_sample["run_dir"].endswith("sobolev-fd-frac0.5-seed0")
+    # Input directions shared by 4 samples: another cell, with its own run directory.
+    write_hparams(
+        tmp_path / "hparams.json", pong={**entry, "sobolev_estimator": "fd", "samples_per_direction": 4}
+    )
+    assert reproduce(cfg)["ran"] == 1
+    shared = lines(tmp_path / "results.jsonl")[-1]
+    assert shared["samples_per_direction"] == 4
+    assert shared["run_dir"].endswith("sobolev-fd-share4-frac0.5-seed0")
     write_hparams(tmp_path / "bad.json", pong={**entry, "samples_per_direction": 0})
     with pytest.raises(UserError, match="samples_per_direction must be an integer >= 1, got 0"):
         load_hparams(tmp_path / "bad.json")

@@ -159,9 +159,8 @@ class Summary:
             hp = hparams.get(r["game"])
             if hp is not None and hp.precision == "auto":  # rows carry the precision it resolved to
                 hp = dataclasses.replace(hp, precision=row_key(r)[KEY_FIELDS.index("precision")])
-            batch = r.get("batch_size", 200)
             if hp is not None and row_key(r) != cell_key(
-                r["game"], r["method"], r["train_fraction"], r["seed"], hp, batch_size=batch
+                r["game"], r["method"], r["train_fraction"], r["seed"], hp
             ):
                 self.excluded += 1  # made with other hyperparameters than the file's
                 continue

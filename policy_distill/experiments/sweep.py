@@ -208,10 +208,9 @@ class GameHparams:
     sobolev_estimator: str = "vjp"
     """vjp (the paper's), jvp or fd: how the sobolev method estimates its term (distill's
     sobolev_estimator). Optional in the file; part of a Sobolev cell's identity."""
-    samples_per_direction: int | None = None
+    samples_per_direction: int = 1
     """jvp and fd: samples sharing an input direction (distill's samples_per_direction).
-    Optional in the file (default: distill's default for the estimator); part of a Sobolev
-    cell's identity."""
+    Optional in the file (default 1: none shared); part of a Sobolev cell's identity."""
 
     def alpha_for(self, method: str) -> float:
         return self.alpha if method == "sobolev" else 0.0
@@ -265,8 +264,8 @@ def load_hparams(path: str | Path) -> dict[str, GameHparams]:
                 f"{where}: sobolev_estimator must be one of {', '.join(SOBOLEV_ESTIMATORS)}, "
                 f"got {estimator!r}"
             )
-        shared = entry.get("samples_per_direction")
-        if shared is not None and (isinstance(shared, bool) or not isinstance(shared, int) or shared < 1):
+        shared = entry.get("samples_per_direction", 1)
+        if isinstance(shared, bool) or not isinstance(shared, int) or shared < 1:
             raise UserError(f"{where}: samples_per_direction must be an integer >= 1, got {shared!r}")
         out[game] = GameHparams(
             float(lr), float(alpha), steps, " ".join(chosen_by.split()), precision, estimator, shared
@@ -354,19 +353,11 @@ def latest_rows(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
 # --- The sweep -------------------------------------------------------------------------------
 
 
-def cell_key(
-    game: str, method: str, fraction: float, seed: int, hp: GameHparams, *, batch_size: int = 200
-) -> tuple[Any, ...]:
-    """The results-row key (:func:`row_key`) of a grid cell run with ``hp`` and ``batch_size``."""
+def cell_key(game: str, method: str, fraction: float, seed: int, hp: GameHparams) -> tuple[Any, ...]:
+    """The results-row key (:func:`row_key`) of a grid cell run with ``hp``."""
     # KL-only cells have no Sobolev term: they keep the default estimator whatever the file says.
     estimator = hp.sobolev_estimator if method == "sobolev" else KEY_DEFAULTS["sobolev_estimator"]
-    shared = KEY_DEFAULTS["samples_per_direction"]
-    if method == "sobolev":  # what distill resolves it to for this batch size
-        from policy_distill.distill import DistillConfig
-
-        shared = DistillConfig(
-            sobolev_estimator=estimator, samples_per_direction=hp.samples_per_direction, batch_size=batch_size
-        ).samples_per_direction
+    shared = hp.samples_per_direction if method == "sobolev" else KEY_DEFAULTS["samples_per_direction"]
     return (
         game,
         method,
@@ -479,7 +470,7 @@ def reproduce(cfg: SweepConfig) -> dict[str, Any]:
             for method in methods:
                 for seed in seeds:
                     index += 1
-                    key = cell_key(game, method, fraction, seed, hp, batch_size=cfg.batch_size)
+                    key = cell_key(game, method, fraction, seed, hp)
                     cell = Cell(
                         key,
                         f"[{index}/{total}] {game} {method} frac {fraction:g} seed {seed}",
