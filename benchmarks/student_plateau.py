@@ -37,20 +37,6 @@ def alive_units(student: StudentNet, x: torch.Tensor) -> list[float]:
     return out
 
 
-def centre_first_layer(
-    student: StudentNet, store: FrameStore, train_idx: torch.Tensor, *, generator: torch.Generator
-) -> None:
-    """Shift the first convolution's biases so that each unit's pre-activation is zero on the mean
-    of 1,000 training frames (a data-dependent initialisation): the static background then no
-    longer decides by itself which units fire on every frame and which on none."""
-    idx = train_idx[torch.randint(len(train_idx), (1000,), generator=generator)]
-    mean_frame = store.batch(idx)[0].mean(dim=0, keepdim=True)  # [1, 4, 84, 84]
-    conv = student.layers()[0]
-    with torch.no_grad():
-        response = torch.nn.functional.conv2d(mean_frame, conv.weight, None, conv.stride)  # [1, C, 20, 20]
-        conv.bias.copy_(conv.bias - response.mean(dim=(0, 2, 3)))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default="data/pong")
@@ -63,7 +49,7 @@ def main() -> None:
     parser.add_argument(
         "--centre-first-layer",
         action="store_true",
-        help="start the first convolution's biases at minus its response to the mean training frame",
+        help="shift the first convolution's biases by minus its mean response to 1,000 training frames",
     )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -79,8 +65,11 @@ def main() -> None:
         )
         torch.manual_seed(seed)
         student = StudentNet(StudentArch(num_actions=dataset.settings.num_actions, in_frames=dataset.stack))
-        if args.centre_first_layer:
-            centre_first_layer(student, store, train_idx, generator=torch.Generator().manual_seed(seed))
+        if args.centre_first_layer:  # as distill --centre-first-layer does it
+            picker = torch.Generator().manual_seed(seed)
+            student.centre_first_layer(
+                store.batch(train_idx[torch.randint(len(train_idx), (1000,), generator=picker)])[0]
+            )
         student.to(memory_format=torch.channels_last)
         optimizer = torch.optim.Adam(student.parameters(), lr=args.learning_rate)
         generator = torch.Generator().manual_seed(seed)

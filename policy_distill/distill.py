@@ -130,6 +130,11 @@ class DistillConfig(TrainingSchedule):
     space, directional derivatives by forward-mode AD, no double backward) or fd (the same
     directions; the teacher's derivative by a finite difference, one more teacher forward, the
     student's exactly alongside its forward pass); see policy_distill/losses.py."""
+    centre_first_layer: bool = False
+    """Shift the first convolution's initial biases by minus its mean response to 1,000 training
+    frames (``StudentNet.centre_first_layer``): Pong students then left the constant policy in 150-200
+    steps instead of 200-400, in 8 of 8 seeds (benchmarks/student_plateau.py). Off by default
+    until it is checked over whole runs and games (docs/estimators.md)."""
     channels_last: bool = True
     """Run both networks' convolutions in the channels_last memory format (a speed setting:
     results equal within float rounding; benchmarks/distill_throughput.py measures it)."""
@@ -251,6 +256,7 @@ def _upgraded_resume_key(saved: dict[str, Any]) -> dict[str, Any]:
     saved.setdefault("precision", "fp32")
     saved.setdefault("sobolev_estimator", "vjp")  # the only estimator before the field existed
     saved.setdefault("fd_epsilon", FD_EPSILON)
+    saved.setdefault("centre_first_layer", False)
     saved.setdefault("samples_per_direction", 1)  # one direction per sample before the field existed
     return saved
 
@@ -629,6 +635,11 @@ def _distill(cfg: DistillConfig, *, progress: bool, world: World | None = None) 
     if cfg.channels_last:
         student.to(memory_format=torch.channels_last)
         teacher.to(memory_format=torch.channels_last)
+    if cfg.centre_first_layer:  # a fresh run's start; a resumed run loads its weights below
+        # Its own generator, so the batch order stays the one runs without it have.
+        picker = torch.Generator().manual_seed(cfg.seed)
+        sample = torch.from_numpy(split.train)[torch.randint(len(split.train), (1000,), generator=picker)]
+        student.centre_first_layer(store.batch(sample.to(device))[0])
     optimizer = torch.optim.Adam(student.parameters(), lr=cfg.learning_rate)
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
     run_dir = cfg.run_dir

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from policy_distill import policy
 from policy_distill.checkpoint import require_format, safe_torch_load
@@ -66,6 +67,22 @@ class StudentNet(nn.Module):
     def log_probs(self, x: Tensor) -> Tensor:
         """``[B, 4, 84, 84] float`` in [0, 1] -> ``[B, A]`` log-probabilities (float32)."""
         return torch.log_softmax(self(x).float(), dim=-1)
+
+    @torch.no_grad()
+    def centre_first_layer(self, frames: Tensor) -> None:
+        """Shift the first convolution's biases by minus each unit's mean response to ``frames``
+        (``[N, 4, 84, 84] float`` in [0, 1]) over frames and positions, so that its mean
+        pre-activation is its small random initial bias, as if the frames were centred: a
+        data-dependent initialisation. Atari frames are a static background with a few moving pixels; at the
+        default initialisation the background alone decides whether a first-layer unit fires on
+        every frame or on none, and students sat at the constant policy for hundreds of steps
+        (benchmarks/student_plateau.py, docs/estimators.md).
+        """
+        conv = self.torso[0]
+        mean_frame = frames.float().mean(dim=0, keepdim=True)
+        # The convolution is linear: its mean response over the frames is its response to their mean.
+        response = F.conv2d(mean_frame, conv.weight, None, conv.stride, conv.padding)
+        conv.bias -= response.mean(dim=(0, 2, 3))
 
 
 class Student(nn.Module):

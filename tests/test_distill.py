@@ -258,3 +258,35 @@ def test_samples_per_direction_must_divide_the_batch_and_names_the_run() -> None
     shared = DistillConfig(sobolev_estimator="fd", samples_per_direction=4, precision="fp32")
     assert shared.run_dir.name == "sobolev-fd-share4-frac0.9-seed0"
     assert DistillConfig(sobolev_estimator="fd", precision="fp32").run_dir.name == "sobolev-fd-frac0.9-seed0"
+
+
+def test_centring_the_first_layer_removes_the_backgrounds_mean_response_and_moves_only_its_biases() -> None:
+    """StudentNet.centre_first_layer: over the given frames and positions each first-layer unit's
+    mean pre-activation becomes its initial bias (as for centred frames; the background's share
+    was larger), and nothing but those biases moves."""
+    from policy_distill.student import StudentArch, StudentNet
+
+    torch.manual_seed(0)
+    student = StudentNet(StudentArch(num_actions=6))
+    frames = 0.3 + 0.1 * torch.rand(32, 4, 84, 84)  # a bright static background, a little noise
+    before = {k: v.clone() for k, v in student.state_dict().items()}
+    conv = student.torso[0]
+    assert conv(frames).mean(dim=(0, 2, 3)).abs().max() > 0.05
+    student.centre_first_layer(frames)
+    torch.testing.assert_close(conv(frames).mean(dim=(0, 2, 3)), before["torso.0.bias"], rtol=0, atol=1e-5)
+    changed = {k for k, v in student.state_dict().items() if not torch.equal(v, before[k])}
+    assert changed == {"torso.0.bias"}
+
+
+def test_centre_first_layer_is_part_of_the_run_and_keeps_the_batch_order(tiny) -> None:
+    """distill --centre-first-layer starts from centred biases and draws the same batches as a
+    run without it (its own generator); resuming with the other setting is refused."""
+    plain = distill(config(tiny, run="plain", steps=2, alpha=0.0))
+    centred = distill(config(tiny, run="centred", steps=2, alpha=0.0, centre_first_layer=True))
+    a = torch.load(plain["run_dir"] + "/latest.pt", weights_only=True)
+    b = torch.load(centred["run_dir"] + "/latest.pt", weights_only=True)
+    torch.testing.assert_close(b["generator_state"], a["generator_state"], rtol=0, atol=0)
+    assert not torch.equal(a["state_dict"]["torso.0.bias"], b["state_dict"]["torso.0.bias"])
+    assert b["config"]["centre_first_layer"] is True
+    with pytest.raises(UserError, match="other settings"):
+        distill(config(tiny, run="centred", steps=4, alpha=0.0))

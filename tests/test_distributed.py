@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import socket
@@ -44,11 +45,12 @@ def torchrun(cfg: DistillConfig, processes: int = 2) -> dict:
     """``torchrun --nproc_per_node=N -m policy_distill distill ...`` with ``cfg``'s fields as flags;
     returns rank 0's JSON result."""
     flags = []
+    defaults = {f.name: f.default for f in dataclasses.fields(DistillConfig)}
     for name, value in vars(cfg).items():
         # torchrun's own parser takes --run for an abbreviation of its --run-path: --run-name.
         flag = "--run-name" if name == "run" else f"--{name.replace('_', '-')}"
-        if value == "":
-            continue
+        if value == "" or (isinstance(value, bool) and value == defaults[name]):
+            continue  # a switch left at its default (off-by-default ones have no --no- form)
         flags.append(
             (flag if value else f"--no-{flag[2:]}") if isinstance(value, bool) else f"{flag}={value}"
         )
