@@ -20,7 +20,7 @@ import time
 import torch
 
 from policy_distill.dataset import FrameStore, load_dataset
-from policy_distill.distill import DistillConfig, train_step
+from policy_distill.distill import DistillConfig, centring_frames, train_step
 from policy_distill.losses import kl_divergence
 from policy_distill.student import StudentArch, StudentNet
 
@@ -66,10 +66,7 @@ def main() -> None:
         torch.manual_seed(seed)
         student = StudentNet(StudentArch(num_actions=dataset.settings.num_actions, in_frames=dataset.stack))
         if args.centre_first_layer:  # as distill --centre-first-layer does it
-            picker = torch.Generator().manual_seed(seed)
-            student.centre_first_layer(
-                store.batch(train_idx[torch.randint(len(train_idx), (1000,), generator=picker)])[0]
-            )
+            student.centre_first_layer(centring_frames(store, train_idx, seed))
         student.to(memory_format=torch.channels_last)
         optimizer = torch.optim.Adam(student.parameters(), lr=args.learning_rate)
         generator = torch.Generator().manual_seed(seed)

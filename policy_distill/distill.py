@@ -261,6 +261,15 @@ def _upgraded_resume_key(saved: dict[str, Any]) -> dict[str, Any]:
     return saved
 
 
+def centring_frames(store: FrameStore, train_indices: Tensor, seed: int, count: int = 1_000) -> Tensor:
+    """``[count, 4, 84, 84] float`` training frames for ``StudentNet.centre_first_layer``, drawn
+    from ``train_indices`` with a generator of their own (seeded by ``seed``), so that the run's
+    batch order stays the one a run without centring has."""
+    picker = torch.Generator().manual_seed(seed)
+    sample = train_indices.cpu()[torch.randint(len(train_indices), (count,), generator=picker)]
+    return store.batch(sample.to(store.frames.device))[0]
+
+
 def _prepare_data(cfg: DistillConfig, teacher: TeacherPolicy) -> Dataset:
     """Open the dataset, recording it first when it is missing, and check it fits the teacher."""
     data_dir = Path(cfg.data or f"data/{cfg.game}")
@@ -636,10 +645,7 @@ def _distill(cfg: DistillConfig, *, progress: bool, world: World | None = None) 
         student.to(memory_format=torch.channels_last)
         teacher.to(memory_format=torch.channels_last)
     if cfg.centre_first_layer:  # a fresh run's start; a resumed run loads its weights below
-        # Its own generator, so the batch order stays the one runs without it have.
-        picker = torch.Generator().manual_seed(cfg.seed)
-        sample = torch.from_numpy(split.train)[torch.randint(len(split.train), (1000,), generator=picker)]
-        student.centre_first_layer(store.batch(sample.to(device))[0])
+        student.centre_first_layer(centring_frames(store, torch.from_numpy(split.train), cfg.seed))
     optimizer = torch.optim.Adam(student.parameters(), lr=cfg.learning_rate)
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
     run_dir = cfg.run_dir

@@ -547,11 +547,13 @@ def distillation_loss(
         if estimator == "jvp":
             if student_logits is None:
                 raise ValueError("the jvp estimator needs the student's logits function")
+            if u.shape[1] != x.shape[0]:  # forward mode needs full-batch tangents: broadcast once
+                full = empty_stack_like(x, num_projections, dtype=u.dtype)
+                for k in range(num_projections):
+                    full[k] = broadcast_directions(u[k], x.shape[0])
+                u = full
             t_derivs = teacher_directional_derivatives(teacher, x, u, method="jvp")
-            pairs = [
-                jvp_logits(student_logits, x, broadcast_directions(u[k], x.shape[0]))
-                for k in range(num_projections)
-            ]
+            pairs = [jvp_logits(student_logits, x, u[k]) for k in range(num_projections)]
             student_logp = pairs[0][0]
             s_derivs = torch.stack([tangent for _, tangent in pairs])
         else:
