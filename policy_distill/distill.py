@@ -232,7 +232,8 @@ class DistillConfig(TrainingSchedule):
         )
         if self.method == "sobolev" and self.samples_per_direction > 1:
             method += f"-share{self.samples_per_direction}"
-        name = self.run or f"{method}-frac{self.train_fraction:g}{val}-seed{self.seed}{precision}"
+        centred = "-centred" if self.centre_first_layer else ""
+        name = self.run or f"{method}-frac{self.train_fraction:g}{val}-seed{self.seed}{precision}{centred}"
         return Path(self.runs_dir) / self.game / name
 
     def resolved_precision(self) -> str:

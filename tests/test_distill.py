@@ -258,6 +258,8 @@ def test_samples_per_direction_must_divide_the_batch_and_names_the_run() -> None
     shared = DistillConfig(sobolev_estimator="fd", samples_per_direction=4, precision="fp32")
     assert shared.run_dir.name == "sobolev-fd-share4-frac0.9-seed0"
     assert DistillConfig(sobolev_estimator="fd", precision="fp32").run_dir.name == "sobolev-fd-frac0.9-seed0"
+    centred = DistillConfig(alpha=0, precision="fp32", centre_first_layer=True)
+    assert centred.run_dir.name == "kl-frac0.9-seed0-centred"
 
 
 def test_centring_the_first_layer_removes_the_backgrounds_mean_response_and_moves_only_its_biases() -> None:

@@ -118,3 +118,12 @@ def test_a_student_with_no_input_dependence_is_reported_as_collapsed() -> None:
     rows = grid({"vjp": {0.1: [0.03, 0.54]}})
     rows[1]["final_grad_cosine"] = 0.0002  # a constant policy
     assert [(r["seed"], r["final_kl"]) for r in collapsed(rows, "pong")] == [(1, 0.54)]
+
+
+def test_centred_and_uncentred_rows_are_not_summarised_together() -> None:
+    """A centred student is another initialisation: one file holds one kind, else a clear error."""
+    rows = grid({"vjp": {0.1: [0.10, 0.12, 0.14]}, "fd": {0.1: [0.20, 0.21, 0.22]}})
+    centred = [{**r, "centre_first_layer": True} for r in rows]
+    assert summarise(centred, "pong")[("fd", 0.1)]["kl"].mean == pytest.approx(0.21)
+    with pytest.raises(UserError, match="mix centred and uncentred first layers"):
+        summarise(rows[:3] + centred[3:], "pong")

@@ -443,3 +443,26 @@ def test_the_estimator_is_part_of_a_sobolev_cells_identity(tiny, tmp_path) -> No
     write_hparams(tmp_path / "bad.json", pong={**entry, "sobolev_estimator": "exact"})
     with pytest.raises(UserError, match="sobolev_estimator must be one of vjp, jvp, fd"):
         load_hparams(tmp_path / "bad.json")
+
+
+def test_a_centred_first_layer_makes_both_methods_other_cells(tiny, tmp_path) -> None:
+    """centre_first_layer in the file: KL and Sobolev cells both run again, in their own
+    directories, with centred students; rows without the field stay uncentred cells."""
+    entry = {"learning_rate": 1e-3, "alpha": 0.5, "steps": 2, "chosen_by": "a test", "precision": "fp32"}
+    write_hparams(tmp_path / "hparams.json", pong=entry)
+    cfg = sweep_config(tiny, tmp_path, fractions="0.5")
+    assert reproduce(cfg)["ran"] == 2
+    old_style = [{k: v for k, v in r.items() if k != "centre_first_layer"} for r in lines(tmp_path / "results.jsonl")]
+    (tmp_path / "results.jsonl").write_text("".join(json.dumps(row) + "\n" for row in old_style))
+    assert reproduce(cfg)["skipped"] == 2
+
+    write_hparams(tmp_path / "hparams.json", pong={**entry, "centre_first_layer": True})
+    assert reproduce(cfg)["ran"] == 2
+    centred = lines(tmp_path / "results.jsonl")[-2:]
+    assert {r["method"] for r in centred} == {"kl", "sobolev"}
+    for row in centred:
+        assert row["centre_first_layer"] is True and row["run_dir"].endswith("-seed0-centred")
+        assert torch.load(row["best_checkpoint"], weights_only=True)["config"]["centre_first_layer"] is True
+    write_hparams(tmp_path / "bad.json", pong={**entry, "centre_first_layer": "yes"})
+    with pytest.raises(UserError, match="centre_first_layer must be true or false, got 'yes'"):
+        load_hparams(tmp_path / "bad.json")

@@ -68,9 +68,15 @@ KEY_FIELDS = (
     "precision",
     "sobolev_estimator",
     "samples_per_direction",
+    "centre_first_layer",
 )
 """A results row's identity: a cell with a row under this key is never run again."""
-KEY_DEFAULTS = {"precision": "fp32", "sobolev_estimator": "vjp", "samples_per_direction": 1}
+KEY_DEFAULTS = {
+    "precision": "fp32",
+    "sobolev_estimator": "vjp",
+    "samples_per_direction": 1,
+    "centre_first_layer": False,
+}
 """Values of key fields that rows written before the field existed implicitly had."""
 
 
@@ -211,6 +217,9 @@ class GameHparams:
     samples_per_direction: int = 1
     """jvp and fd: samples sharing an input direction (distill's samples_per_direction).
     Optional in the file (default 1: none shared); part of a Sobolev cell's identity."""
+    centre_first_layer: bool = False
+    """Both methods: centre the student's first layer on training frames before step 0
+    (distill's centre_first_layer). Optional in the file (default false); part of a cell's identity."""
 
     def alpha_for(self, method: str) -> float:
         return self.alpha if method == "sobolev" else 0.0
@@ -267,8 +276,11 @@ def load_hparams(path: str | Path) -> dict[str, GameHparams]:
         shared = entry.get("samples_per_direction", 1)
         if isinstance(shared, bool) or not isinstance(shared, int) or shared < 1:
             raise UserError(f"{where}: samples_per_direction must be an integer >= 1, got {shared!r}")
+        centre = entry.get("centre_first_layer", False)
+        if not isinstance(centre, bool):
+            raise UserError(f"{where}: centre_first_layer must be true or false, got {centre!r}")
         out[game] = GameHparams(
-            float(lr), float(alpha), steps, " ".join(chosen_by.split()), precision, estimator, shared
+            float(lr), float(alpha), steps, " ".join(chosen_by.split()), precision, estimator, shared, centre
         )
     return out
 
@@ -369,6 +381,7 @@ def cell_key(game: str, method: str, fraction: float, seed: int, hp: GameHparams
         hp.precision,
         estimator,
         shared,
+        hp.centre_first_layer,
     )
 
 
@@ -567,6 +580,7 @@ def _run_cell(cfg: SweepConfig, key: tuple[Any, ...], label: str, hardware: str)
         precision=cell["precision"],
         sobolev_estimator=cell["sobolev_estimator"],
         samples_per_direction=cell["samples_per_direction"],
+        centre_first_layer=cell["centre_first_layer"],
         **{f.name: getattr(cfg, f.name) for f in dataclasses.fields(TrainingSchedule)},
         runs_dir=cfg.runs_dir,
     )
