@@ -452,7 +452,9 @@ def test_a_centred_first_layer_makes_both_methods_other_cells(tiny, tmp_path) ->
     write_hparams(tmp_path / "hparams.json", pong=entry)
     cfg = sweep_config(tiny, tmp_path, fractions="0.5")
     assert reproduce(cfg)["ran"] == 2
-    old_style = [{k: v for k, v in r.items() if k != "centre_first_layer"} for r in lines(tmp_path / "results.jsonl")]
+    old_style = [
+        {k: v for k, v in r.items() if k != "centre_first_layer"} for r in lines(tmp_path / "results.jsonl")
+    ]
     (tmp_path / "results.jsonl").write_text("".join(json.dumps(row) + "\n" for row in old_style))
     assert reproduce(cfg)["skipped"] == 2
 

@@ -141,9 +141,7 @@ def summarise(rows: Iterable[Mapping[str, Any]], game: str) -> Summary:
             study compares estimators under one initialisation, so each goes in its own file.
     """
     values: dict[tuple[str, float], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
-    grid = [
-        r for r in latest_rows(rows) if r.get("game") == game and r.get("method") in ("kl", "sobolev")
-    ]
+    grid = [r for r in latest_rows(rows) if r.get("game") == game and r.get("method") in ("kl", "sobolev")]
     if len({bool(r.get("centre_first_layer", False)) for r in grid}) > 1:
         raise UserError(
             f"the {game} rows mix centred and uncentred first layers (centre_first_layer); "
