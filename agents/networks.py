@@ -12,6 +12,8 @@ import math
 import torch
 from torch import Tensor, nn
 
+from policy_distill.strided_conv import StridedConv2d
+
 
 def _init(layer: nn.Module, gain: float) -> nn.Module:
     # Orthogonal init with zero bias: the standard for PPO on Atari (CleanRL, SB3).
@@ -27,9 +29,10 @@ def nature_torso(in_frames: int = 4, hidden: int = 512) -> nn.Sequential:
     layers sit at the same indices (0, 2, 4 conv; 7 linear).
     """
     return nn.Sequential(
-        nn.Conv2d(in_frames, 32, 8, stride=4),
+        # StridedConv2d: nn.Conv2d whose input gradient (the Sobolev targets') is computed faster.
+        StridedConv2d(in_frames, 32, 8, stride=4),
         nn.ReLU(),
-        nn.Conv2d(32, 64, 4, stride=2),
+        StridedConv2d(32, 64, 4, stride=2),
         nn.ReLU(),
         nn.Conv2d(64, 64, 3, stride=1),
         nn.ReLU(),

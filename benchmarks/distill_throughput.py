@@ -15,12 +15,20 @@ The JSON object has ``kl_samples_per_s`` and, per estimator as ``distill`` runs 
 many KL steps one costs), and ``best_time_ratio``, all in float32 with channels_last (the
 defaults); ``time_ratios_by_label`` adds ``fd-share4``, fd with each input direction shared by 4
 samples (``--samples-per-direction 4``), under the estimator study's labels; every configuration
-measured is under ``configurations``.
+measured is under ``configurations``, with its minor page faults per step.
+
+Two ablations of the ``vjp`` step, measured in the same rounds: ``vjp-native-conv`` computes the
+strided convolutions' input gradients with ``nn.Conv2d``'s own kernel instead of
+:class:`~policy_distill.strided_conv.StridedConv2d`'s space-to-depth one (JSON
+``strided_conv_speedup``), and ``--default-malloc`` leaves glibc's allocator as it is instead of
+calling ``keep_freed_memory_for_reuse`` as ``distill`` does (run the benchmark once with and once
+without it to compare; the page faults per step show the difference).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -28,12 +36,14 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 
 import torch
+from torch import nn
 
 from agents.loading import load_teacher
 from policy_distill.checkpoint import hardware_description
-from policy_distill.devices import cpu_capability, pick_device, resolve_precision
+from policy_distill.devices import cpu_capability, keep_freed_memory_for_reuse, pick_device, resolve_precision
 from policy_distill.distill import DistillConfig, train_step
 from policy_distill.experiments.estimators import label
 from policy_distill.losses import (
@@ -43,10 +53,30 @@ from policy_distill.losses import (
     sobolev_projection_loss,
     teacher_projected_gradients,
 )
+from policy_distill.strided_conv import StridedConv2d
 from policy_distill.student import StudentArch, StudentNet
 
 SHARED = 4
 """Samples per input direction of the shared-direction fd row."""
+NATIVE_CONV = "vjp-native-conv"
+"""The vjp row with nn.Conv2d's own input-gradient kernel (the StridedConv2d ablation)."""
+
+
+@contextlib.contextmanager
+def native_convolutions(*nets: nn.Module) -> Iterator[None]:
+    """Within the block, every StridedConv2d of ``nets`` is a plain nn.Conv2d (same parameters)."""
+    swapped = [m for net in nets for m in net.modules() if type(m) is StridedConv2d]
+    for m in swapped:
+        m.__class__ = nn.Conv2d
+    try:
+        yield
+    finally:
+        for m in swapped:
+            m.__class__ = StridedConv2d
+
+
+def minor_faults() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
 def _sync(device: torch.device) -> None:
@@ -129,8 +159,15 @@ def main() -> None:
         default=0,
         help="also measure distill's peak memory with this many frames",
     )
+    parser.add_argument(
+        "--default-malloc",
+        action="store_true",
+        help="leave glibc's allocator as it is (distill calls keep_freed_memory_for_reuse)",
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    if not args.default_malloc:
+        keep_freed_memory_for_reuse()
     device = pick_device(args.device)
     resolved = resolve_precision("auto", device)
     precisions = ["fp32"] if resolved == "fp32" else ["fp32", resolved]
@@ -144,9 +181,11 @@ def main() -> None:
     # and fd with each input direction shared by SHARED samples.
     settings = {"kl": ("vjp", 1), **{est: (est, 1) for est in SOBOLEV_ESTIMATORS}}
     settings[label("sobolev", "fd", SHARED)] = ("fd", SHARED)
+    settings[NATIVE_CONV] = ("vjp", 1)
     methods = list(settings)
     configs = [(m, p, cl) for p in precisions for cl in (True, False) for m in methods]
     rates: dict[tuple[str, str, bool], float] = {}
+    faults: dict[tuple[str, str, bool], float] = {}
     for _ in range(args.repeats):
         for method, precision, channels_last in configs:
             estimator, shared = settings[method]
@@ -158,12 +197,21 @@ def main() -> None:
                 channels_last=channels_last,
                 device=str(device),
             )
-            rate = time_steps(student, teacher, x, logp, cfg, args.steps, device, precision == "bf16")
+            ablation = (
+                native_convolutions(student, teacher) if method == NATIVE_CONV else contextlib.nullcontext()
+            )
+            before = minor_faults()
+            with ablation:
+                rate = time_steps(student, teacher, x, logp, cfg, args.steps, device, precision == "bf16")
             key = (method, precision, channels_last)
+            faults[key] = (minor_faults() - before) / (args.steps + 3)
             rates[key] = max(rates.get(key, 0.0), rate)
-    student.to(memory_format=torch.contiguous_format)
-    teacher.to(memory_format=torch.contiguous_format)
-    phases = profile_vjp(student, teacher, x, logp, args.steps, device)
+    # Profiled as distill runs it: channels_last.
+    student.to(memory_format=torch.channels_last)
+    teacher.to(memory_format=torch.channels_last)
+    phases = profile_vjp(
+        student, teacher, x.contiguous(memory_format=torch.channels_last), logp, args.steps, device
+    )
 
     name = (
         torch.cuda.get_device_name(0) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
@@ -187,6 +235,7 @@ def main() -> None:
         "batch_size": args.batch_size,
         "cpus": len(os.sched_getaffinity(0)),
         "torch_threads": torch.get_num_threads(),
+        "malloc": "glibc default" if args.default_malloc else "keep_freed_memory_for_reuse",
     }
     for precision in precisions:
         prefix = "" if precision == "fp32" else f"{precision}_"
@@ -200,18 +249,32 @@ def main() -> None:
         result[f"{prefix}best_time_ratio"] = round(min(ratios.values()), 2)
         # Every row's, under the estimator study's labels (policy_distill/experiments/estimators.py).
         result[f"{prefix}time_ratios_by_label"] = {
-            m: round(kl_rate / rates[(m, precision, True)], 2) for m in methods if m != "kl"
+            m: round(kl_rate / rates[(m, precision, True)], 2)
+            for m in methods
+            if m not in ("kl", NATIVE_CONV)
         }
+        speedup = rates[("vjp", precision, True)] / rates[(NATIVE_CONV, precision, True)]
+        result[f"{prefix}strided_conv_speedup"] = round(speedup, 2)
+        print(
+            f"{precision}, channels_last: the vjp step with StridedConv2d is {speedup:.2f}x"
+            " as fast as with nn.Conv2d"
+        )
         print(
             f"{precision}, channels_last: time ratio to KL-only "
             + ", ".join(f"{est} {r:.2f}" for est, r in ratios.items())
         )
     result["configurations"] = [
-        {"method": m, "precision": p, "channels_last": cl, "samples_per_s": round(rates[(m, p, cl)], 1)}
+        {
+            "method": m,
+            "precision": p,
+            "channels_last": cl,
+            "samples_per_s": round(rates[(m, p, cl)], 1),
+            "minor_faults_per_step": round(faults[(m, p, cl)]),
+        }
         for m, p, cl in configs
     ]
     total = sum(phases.values())
-    print("fp32 vjp Sobolev step profile, default memory format (ms per step):")
+    print("fp32 vjp Sobolev step profile, channels_last (ms per step):")
     for key, ms in phases.items():
         print(f"  {key:40s} {ms:8.1f}  ({100 * ms / total:4.1f}%)")
     result["vjp_profile_ms"] = phases

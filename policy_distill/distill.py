@@ -52,6 +52,7 @@ from policy_distill.dataset import Dataset, FrameStore, load_dataset, recollect_
 from policy_distill.devices import (
     autocast,
     cpu_capability,
+    keep_freed_memory_for_reuse,
     pick_device,
     release_freed_memory,
     resolve_precision,
@@ -639,6 +640,7 @@ def _distill(cfg: DistillConfig, *, progress: bool, world: World | None = None) 
         + (f", {world.size} processes" if world else "")
     )
 
+    keep_freed_memory_for_reuse()  # after the dataset is in memory: only the steps' buffers stay
     torch.manual_seed(cfg.seed)
     arch = StudentArch(num_actions=dataset.settings.num_actions, in_frames=dataset.stack)
     student = StudentNet(arch).to(device)

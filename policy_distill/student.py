@@ -21,6 +21,7 @@ from policy_distill import policy
 from policy_distill.checkpoint import require_format, safe_torch_load
 from policy_distill.errors import UserError
 from policy_distill.settings import EnvSettings
+from policy_distill.strided_conv import StridedConv2d
 
 STUDENT_FORMAT = "policy-distill/student"
 
@@ -46,9 +47,10 @@ class StudentNet(nn.Module):
         self.num_actions = arch.num_actions
         side = ((arch.frame_size - 8) // 4 + 1 - 4) // 2 + 1  # 84 -> 20 -> 9
         self.torso = nn.Sequential(
-            nn.Conv2d(arch.in_frames, arch.conv1, 8, stride=4),
+            # StridedConv2d: nn.Conv2d whose input gradient (the Sobolev term's) is computed faster.
+            StridedConv2d(arch.in_frames, arch.conv1, 8, stride=4),
             nn.ReLU(),
-            nn.Conv2d(arch.conv1, arch.conv2, 4, stride=2),
+            StridedConv2d(arch.conv1, arch.conv2, 4, stride=2),
             nn.ReLU(),
             nn.Flatten(),
             nn.Linear(arch.conv2 * side * side, arch.hidden),
