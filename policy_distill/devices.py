@@ -93,7 +93,8 @@ def keep_freed_memory_for_reuse() -> None:
     every step pays page faults on fresh memory: 300,000-800,000 of them in a 50-step probe,
     about 15% of a ``vjp`` step (AMD EPYC, two cores; ``benchmarks/distill_throughput.py``).
     Serving blocks below 64 MB from the heap and keeping up to 256 MB free there cut the faults
-    to 140,000 and the peak resident memory grew by 25 MB. glibc only; a no-op elsewhere.
+    to 140,000 and the peak resident memory grew by 25 MB. The PPO trainer's minibatches (29 MB
+    of float frames) gain too. glibc only; a no-op elsewhere.
     """
     libc = _libc()
     if libc is None or not hasattr(libc, "mallopt"):
