@@ -316,10 +316,11 @@ def train_ppo(
     device = pick_device(cfg.device)
     precision = resolve_precision(cfg.precision, device)
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    # A minibatch's frames as floats are 29 MB; reusing their freed blocks instead of mapping
-    # fresh ones cut the page faults 7x and raised agent steps/s from 527 / 553 to 634 / 585
-    # (`benchmarks/teacher_throughput.py --only "defaults (auto precision)" --updates 3`, two
-    # rounds, the same thresholds set by GLIBC_TUNABLES against none; AMD EPYC, 2 cores, bf16).
+    # A minibatch's frames as floats are 29 MB; reusing freed blocks instead of mapping fresh
+    # ones cut the page faults 6-9x, for agent steps/s 681 / 754 / 772 against 691 / 724 / 699
+    # (`benchmarks/teacher_throughput.py --only "defaults (auto precision)" --updates 5
+    # --repeats 1` with and without --default-malloc, three pairs; AMD EPYC, 2 cores, bf16):
+    # +4%, within this machine's noise, kept because distill shares the setting.
     keep_freed_memory_for_reuse()
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)

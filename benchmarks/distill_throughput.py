@@ -43,7 +43,13 @@ from torch import nn
 
 from agents.loading import load_teacher
 from policy_distill.checkpoint import hardware_description
-from policy_distill.devices import cpu_capability, keep_freed_memory_for_reuse, pick_device, resolve_precision
+from policy_distill.devices import (
+    DEFAULT_MALLOC_ENV,
+    cpu_capability,
+    keep_freed_memory_for_reuse,
+    pick_device,
+    resolve_precision,
+)
 from policy_distill.distill import DistillConfig, train_step
 from policy_distill.experiments.estimators import label
 from policy_distill.losses import (
@@ -166,8 +172,9 @@ def main() -> None:
     )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    if not args.default_malloc:
-        keep_freed_memory_for_reuse()
+    if args.default_malloc:
+        os.environ[DEFAULT_MALLOC_ENV] = "1"  # also for the distill processes of --memory-frames
+    keep_freed_memory_for_reuse()
     device = pick_device(args.device)
     resolved = resolve_precision("auto", device)
     precisions = ["fp32"] if resolved == "fp32" else ["fp32", resolved]

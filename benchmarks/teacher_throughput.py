@@ -26,7 +26,7 @@ import torch
 
 from agents.ppo import PPOConfig, train_ppo
 from policy_distill.checkpoint import hardware_description
-from policy_distill.devices import cpu_capability, pick_device, resolve_precision
+from policy_distill.devices import DEFAULT_MALLOC_ENV, cpu_capability, pick_device, resolve_precision
 
 # name -> overrides of the trainer's defaults; one thing changed at a time.
 VARIANTS: dict[str, dict[str, object]] = {
@@ -63,8 +63,15 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2, help="rounds over all variants")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--only", help="comma-separated variant names (default: all)")
+    parser.add_argument(
+        "--default-malloc",
+        action="store_true",
+        help="leave glibc's allocator as it is (the trainer calls keep_freed_memory_for_reuse)",
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    if args.default_malloc:
+        os.environ[DEFAULT_MALLOC_ENV] = "1"  # train_ppo's keep_freed_memory_for_reuse does nothing
 
     names = args.only.split(",") if args.only else list(VARIANTS)
     unknown = [n for n in names if n not in VARIANTS]
@@ -74,7 +81,8 @@ def main() -> None:
     auto = resolve_precision("auto", device)
     print(
         f"device {device}, CPU capability {cpu_capability()}, precision auto -> {auto}, "
-        f"torch threads {torch.get_num_threads()}, {hardware_description()}"
+        f"torch threads {torch.get_num_threads()}, {hardware_description()}, "
+        f"malloc {'glibc default' if args.default_malloc else 'keep_freed_memory_for_reuse'}"
     )
     rates: dict[str, list[float]] = {n: [] for n in names}
     steps_per_second(args.game, VARIANTS[names[0]], 1, args.device)  # warm-up: first-call costs
@@ -101,6 +109,7 @@ def main() -> None:
                     "hardware": hardware_description(),
                     "torch_threads": torch.get_num_threads(),
                     "cpus": len(os.sched_getaffinity(0)),
+                    "malloc": "glibc default" if args.default_malloc else "keep_freed_memory_for_reuse",
                     "updates": args.updates,
                     "repeats": args.repeats,
                     "peak_rss_mb": round(peak_mb),

@@ -79,10 +79,12 @@ def _libc() -> Any:
         return None
 
 
-REUSE_BELOW_BYTES = 64 << 20
+REUSE_BELOW_BYTES = 32 << 20
 """Allocations below this come from the heap and are reused when freed (glibc's M_MMAP_THRESHOLD)."""
-KEEP_FREE_BYTES = 256 << 20
+KEEP_FREE_BYTES = 128 << 20
 """Free memory the heap keeps at its top rather than return it (glibc's M_TRIM_THRESHOLD)."""
+DEFAULT_MALLOC_ENV = "POLICY_DISTILL_DEFAULT_MALLOC"
+"""Set to 1 to leave glibc's allocator as it is (:func:`keep_freed_memory_for_reuse` does nothing)."""
 
 
 def keep_freed_memory_for_reuse() -> None:
@@ -90,12 +92,20 @@ def keep_freed_memory_for_reuse() -> None:
 
     A Sobolev step allocates and frees several input-sized tensors (``[200, 4, 84, 84]`` float32,
     22 MB each). glibc serves blocks of that size with ``mmap`` and unmaps them when freed, so
-    every step pays page faults on fresh memory: 300,000-800,000 of them in a 50-step probe,
-    about 15% of a ``vjp`` step (AMD EPYC, two cores; ``benchmarks/distill_throughput.py``).
-    Serving blocks below 64 MB from the heap and keeping up to 256 MB free there cut the faults
-    to 140,000 and the peak resident memory grew by 25 MB. The PPO trainer's minibatches (29 MB
-    of float frames) gain too. glibc only; a no-op elsewhere.
+    every step pays page faults on fresh memory (17,000-23,000 per ``vjp`` step, about 15% of its
+    time; AMD EPYC, two cores; ``benchmarks/distill_throughput.py --default-malloc``). Blocks
+    below 32 MB served from the heap, with up to 128 MB kept free at its top, leave 1,000-3,400.
+    Larger thresholds (64 MB / 256 MB) were no faster and raised the peak resident memory of a
+    fresh-clone ``distill`` by about 90 MB; these left it unchanged (docs/estimators.md). The
+    PPO trainer's minibatches (29 MB of float frames) fault 6-9x less too (steps/s +4%, in the
+    noise). glibc only; a no-op elsewhere, and when the environment sets
+    ``POLICY_DISTILL_DEFAULT_MALLOC=1`` (the benchmarks'
+    ``--default-malloc``, which measures what this saves).
     """
+    import os
+
+    if os.environ.get(DEFAULT_MALLOC_ENV) == "1":
+        return
     libc = _libc()
     if libc is None or not hasattr(libc, "mallopt"):
         return

@@ -188,6 +188,28 @@ def test_gradient_fidelity_of_a_network_with_itself_is_perfect() -> None:
     assert different["grad_cosine"] < 0.9 and different["grad_rel_l2"] > 0.1
 
 
+def test_gradient_fidelity_in_chunks_equals_the_whole_batch_formula() -> None:
+    """Over more frames than one chunk, the per-frame cosine and relative error averaged over
+    frames are those of the flattened [B, A*D] Jacobians."""
+    from policy_distill.losses import input_jacobian
+    from policy_distill.metrics import FIDELITY_CHUNK
+    from policy_distill.student import StudentArch, StudentNet
+
+    torch.manual_seed(1)
+    teacher, student = StudentNet(StudentArch(num_actions=4)), StudentNet(StudentArch(num_actions=4))
+    x = torch.rand(2 * FIDELITY_CHUNK + 5, 4, 84, 84, dtype=torch.float64)
+    teacher.double()
+    student.double()
+    _, j_t = input_jacobian(teacher.log_probs, x, create_graph=False)
+    _, j_s = input_jacobian(student.log_probs, x, create_graph=False)
+    flat_s, flat_t = j_s.transpose(0, 1).flatten(1), j_t.transpose(0, 1).flatten(1)
+    cosine = torch.nn.functional.cosine_similarity(flat_s, flat_t, dim=1).mean().item()
+    rel = ((flat_s - flat_t).norm(dim=1) / flat_t.norm(dim=1)).mean().item()
+    got = gradient_fidelity(student.log_probs, x, j_t)
+    assert got["grad_cosine"] == pytest.approx(cosine, rel=1e-9)
+    assert got["grad_rel_l2"] == pytest.approx(rel, rel=1e-9)
+
+
 def test_load_student_refuses_foreign_and_corrupted_files(tiny, tmp_path) -> None:
     with pytest.raises(UserError, match="not a student checkpoint"):
         load_student(tiny / "teacher.pt")
