@@ -69,7 +69,7 @@ class _DenseInputGradient(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx: Any, x: Tensor, weight: Tensor, y: Tensor, stride: int) -> Tensor:  # noqa: ARG004
+    def forward(ctx: Any, x: Tensor, weight: Tensor, y: Tensor, stride: int) -> Tensor:
         ctx.save_for_backward(weight)
         ctx.save_for_forward(weight)
         ctx.stride = stride
