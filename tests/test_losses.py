@@ -178,6 +178,30 @@ def test_gradient_distances() -> None:
         gradient_distance(a, b, "l3")  # type: ignore[arg-type]
 
 
+def test_l2_distance_gradient_is_the_composite_formulas_and_zero_where_they_coincide() -> None:
+    """The hand-written backward of the l2 distance against autograd through sqrt(sum(d^2)),
+    over [B, C, H, W] in both memory formats, and its zero subgradient at a zero norm."""
+    g = torch.Generator().manual_seed(4)
+    a = torch.randn(3, 2, 5, 5, generator=g, dtype=torch.float64)
+    b = torch.randn(3, 2, 5, 5, generator=g, dtype=torch.float64)
+    b[1] = a[1]  # sample 1: the gradients coincide
+    w = torch.tensor([0.5, 2.0, -1.0], dtype=torch.float64)
+    for fmt in (torch.contiguous_format, torch.channels_last):
+        bf = b.contiguous(memory_format=fmt).requires_grad_(True)
+        dist = gradient_distance(a.contiguous(memory_format=fmt), bf, "l2")
+        (grad,) = torch.autograd.grad((w * dist).sum(), bf)
+        expected = (b - a).pow(2).sum(dim=(1, 2, 3)).sqrt()
+        torch.testing.assert_close(dist.detach(), expected)
+        formula = w[:, None, None, None] * (b - a) / expected.clamp_min(1e-300)[:, None, None, None]
+        formula[1] = 0.0
+        torch.testing.assert_close(grad, formula)
+        assert torch.isfinite(grad).all()
+    dist = gradient_distance(a, b.requires_grad_(True), "l2")
+    (grad,) = torch.autograd.grad(dist.sum(), b, create_graph=True)
+    with pytest.raises(RuntimeError):  # differentiated twice: refused, never a wrong answer
+        torch.autograd.grad(grad.sum(), b)
+
+
 def test_kl_only_loss_needs_no_teacher(torch_gen) -> None:
     student = small_policy(0)
     x = torch.rand(4, 2, 3, 3, generator=torch_gen)

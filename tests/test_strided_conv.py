@@ -124,3 +124,32 @@ def test_bf16_autocast_gives_the_input_gradient_in_the_inputs_dtype() -> None:
         grads.append(gx)
     assert grads[1].dtype == torch.float32
     torch.testing.assert_close(grads[1], grads[0], rtol=2e-2, atol=2e-2)
+
+
+def test_a_pruned_input_gradient_is_not_computed(monkeypatch) -> None:
+    """The training step's backward asks only for the parameters: the dense input gradient
+    (a transposed convolution and a rearrangement) is skipped there, and still computed, equal
+    to nn.Conv2d's, when the input's gradient is asked for, of a leaf or of a non-leaf input."""
+    import policy_distill.strided_conv as strided_conv
+
+    calls = []
+    real = F.conv_transpose2d
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(strided_conv.F, "conv_transpose2d", counting)
+    native, fast = twins(4, 5, 8, 4)
+    leaf = torch.rand(2, 4, 84, 84, dtype=torch.float64, requires_grad=True)
+    for make_input in (lambda: leaf, lambda: leaf * 2.0):
+        calls.clear()
+        torch.autograd.backward(fast(make_input()).sum(), inputs=[fast.weight])
+        assert not calls and leaf.grad is None
+        (gx,) = torch.autograd.grad(fast(make_input()).sum(), leaf)
+        assert len(calls) == 1
+        torch.testing.assert_close(gx, torch.autograd.grad(native(make_input()).sum(), leaf)[0])
+        fast(make_input()).sum().backward()  # a plain backward accumulates into every leaf, the input too
+        assert len(calls) == 2 and leaf.grad is not None
+        leaf.grad = None
+        fast.zero_grad()
