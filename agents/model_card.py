@@ -100,13 +100,21 @@ def write_model_card(
     curve_png = plot_learning_curve(
         training.get("curve", []), record["game"], teacher_path.with_name(f"{teacher_path.stem}_curve.png")
     )
-    unfinished = training.get("finished") is False or (total is not None and steps < total)
-    status = (
-        f"**Unfinished**: {steps:,} of {total:,} planned agent steps; training continues in a later "
-        "session from these weights (`--init-from`)."
-        if unfinished and total
-        else "Training finished."
+    unfinished = training.get("finished") is False or (
+        total is not None and steps < total and not training.get("stopped_early")
     )
+    if unfinished and total:
+        status = (
+            f"**Unfinished**: {steps:,} of {total:,} planned agent steps; training continues in a "
+            "later session from these weights (`--init-from`)."
+        )
+    elif training.get("stopped_early") and total:
+        status = (
+            f"Training finished at {steps:,} of {total:,} planned agent steps: stopped there "
+            "(`export-teacher --final`), so the learning rate had not annealed to zero."
+        )
+    else:
+        status = "Training finished."
     lines = [
         f"# Teacher: {record['game']} (`{teacher_path.name}`)",
         "",

@@ -206,6 +206,9 @@ class ExportTeacherConfig:
     """Games to play for the model card (0: no card)."""
     seed: int = 1000
     """Evaluation seed of the model card's games."""
+    final: bool = False
+    """Training is over at these steps, before the planned total (the teacher met its target):
+    the checkpoint and card say finished, not that training continues."""
 
     def __post_init__(self) -> None:
         check_fields(
@@ -595,13 +598,15 @@ def _save(
     atomic_torch_save(teacher_record(model_state, settings, training), out_dir / "teacher.pt")
 
 
-def export_teacher(run_dir: str | Path, out_path: str | Path, *, half: bool = True) -> Path:
+def export_teacher(run_dir: str | Path, out_path: str | Path, *, half: bool = True, final: bool = False) -> Path:
     """Write the policy of a training run as a shippable teacher checkpoint.
 
     Args:
         run_dir: A ``train-teacher`` output directory (reads its ``trainer_state.pt``).
         out_path: Destination, e.g. ``agents/pretrained/pong.pt``.
         half: Store weights as float16 (half the size; they load back as float32).
+        final: Training ends here even if the planned total is not reached (recorded as
+            ``training["stopped_early"]``, and the card says so).
     """
     run_dir = Path(run_dir)
     state_path = run_dir / "trainer_state.pt"
@@ -613,7 +618,10 @@ def export_teacher(run_dir: str | Path, out_path: str | Path, *, half: bool = Tr
     model = {k: (v.half() if half and v.is_floating_point() else v) for k, v in state["model"].items()}
     segments = _segments_of(state.get("segments"), state["global_step"], state["wall_time_s"], None)
     training = _training_record(cfg, settings, state["global_step"], segments, state.get("curve", []))
-    training["finished"] = state["global_step"] >= cfg.num_updates * cfg.batch_size
+    reached_total = state["global_step"] >= cfg.num_updates * cfg.batch_size
+    training["finished"] = reached_total or final
+    if final and not reached_total:
+        training["stopped_early"] = True
     training["weights_dtype"] = "float16" if half else "float32"
     out_path = Path(out_path)
     atomic_torch_save(teacher_record(model, settings, training), out_path)

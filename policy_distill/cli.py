@@ -134,7 +134,7 @@ def cmd_train_teacher(cfg: Any, run: Any) -> dict[str, Any]:
 def cmd_export_teacher(cfg: Any) -> dict[str, Any]:
     from agents.ppo import export_teacher
 
-    path = export_teacher(cfg.run, cfg.out, half=not cfg.float32)
+    path = export_teacher(cfg.run, cfg.out, half=not cfg.float32, final=cfg.final)
     print(f"wrote {path}")
     result: dict[str, Any] = {"teacher": str(path)}
     if cfg.card_episodes:

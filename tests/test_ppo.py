@@ -65,6 +65,26 @@ def test_continuing_from_an_export_keeps_schedule_machines_and_curve(tmp_path) -
     assert state["curve"][: len(record["curve"])] == record["curve"]
 
 
+def test_a_final_export_before_the_planned_total_is_finished_and_its_card_says_so(tmp_path) -> None:
+    """A teacher that met its target is exported as finished (``--final``); without the flag the
+    same run is unfinished and its card says training continues."""
+    from agents.model_card import write_model_card
+    from policy_distill.evaluation import Scores
+
+    run = tmp_path / "run"
+    train_ppo(tiny_config(total_steps=96, precision="fp32"), run, stop_after_s=0.0)  # 32 of 96
+    scores = Scores("pong", [1.0, 2.0], [10, 10])
+    texts = {}
+    for final in (False, True):
+        shipped = export_teacher(run, tmp_path / f"final{final}" / "pong.pt", final=final)
+        training = torch.load(shipped, weights_only=True)["training"]
+        assert training["finished"] is final and training.get("stopped_early", False) is final
+        texts[final] = write_model_card(shipped, scores, seed=0, command="c").read_text()
+    assert "**Unfinished**: 32 of 96 planned agent steps" in texts[False]
+    assert "Training finished at 32 of 96 planned agent steps" in texts[True]
+    assert "Unfinished" not in texts[True]
+
+
 def test_stop_after_seconds_checkpoints_and_resumes(tmp_path) -> None:
     run = tmp_path / "run"
     first = train_ppo(tiny_config(total_steps=96), run, stop_after_s=0.0)  # stops after its first update
