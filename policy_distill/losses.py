@@ -207,7 +207,9 @@ def teacher_projected_gradients(teacher: LogProbFn, x: Tensor, v: Tensor) -> tup
         last = v.shape[0] - 1
         if last == 0:  # one projection (the default): no copy into a stack
             grad = input_vjp(logp, x_t, v[0], create_graph=False)
-            return logp.detach(), grad.unsqueeze(0)
+            # In x's layout, as the stack's slices are (a no-op for the shipped teachers, whose
+            # input gradient already comes back that way).
+            return logp.detach(), grad.contiguous(memory_format=_memory_format(x)).unsqueeze(0)
         grads = empty_stack_like(x, last + 1)
         for k in range(last + 1):
             grads[k] = input_vjp(logp, x_t, v[k], create_graph=False, retain_graph=k < last)
@@ -296,6 +298,13 @@ def sobolev_exact_loss(
     return per_action.mean(), student_logp
 
 
+def _memory_format(x: Tensor) -> torch.memory_format:
+    """channels_last for a 4-D channels_last tensor, else contiguous."""
+    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
 def empty_stack_like(x: Tensor, k: int, *, dtype: torch.dtype | None = None) -> Tensor:
     """An uninitialised ``[K, *x.shape]`` tensor whose every ``[k]`` slice has ``x``'s memory format.
 
@@ -305,7 +314,7 @@ def empty_stack_like(x: Tensor, k: int, *, dtype: torch.dtype | None = None) -> 
     about the cost of a whole KL step). Writing into this instead keeps one layout throughout.
     """
     dtype = x.dtype if dtype is None else dtype
-    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+    if _memory_format(x) == torch.channels_last:
         b, c, h, w = x.shape
         return torch.empty((k, b, h, w, c), dtype=dtype, device=x.device).permute(0, 1, 4, 2, 3)
     return torch.empty((k, *x.shape), dtype=dtype, device=x.device)

@@ -61,10 +61,12 @@ def depth_to_space(t: Tensor, stride: int, channels: int) -> Tensor:
 
 
 def _gradient_node(x: Tensor) -> Any:
-    """The autograd node that receives ``x``'s gradient: its ``grad_fn``, or a leaf's accumulator."""
+    """The autograd node that receives ``x``'s gradient: its ``grad_fn``, or a leaf's accumulator
+    (None where there is none to find, e.g. under ``torch.func``: the gradient is then computed)."""
     if x.grad_fn is not None:
         return x.grad_fn
-    return x.view_as(x).grad_fn.next_functions[0][0]
+    view_node = x.view_as(x).grad_fn
+    return None if view_node is None else view_node.next_functions[0][0]
 
 
 def _engine_wants(node: Any) -> bool:
@@ -76,7 +78,7 @@ def _engine_wants(node: Any) -> bool:
     answer for a leaf differentiated by ``torch.autograd.grad``, which is then wanted.
     """
     will_execute = getattr(torch._C, "_will_engine_execute_node", None)
-    if will_execute is None:
+    if will_execute is None or node is None:
         return True
     try:
         return bool(will_execute(node))

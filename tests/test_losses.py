@@ -196,6 +196,10 @@ def test_l2_distance_gradient_is_the_composite_formulas_and_zero_where_they_coin
         formula[1] = 0.0
         torch.testing.assert_close(grad, formula)
         assert torch.isfinite(grad).all()
+    # [B, A] rows, as the directional estimators compare them.
+    rows_a, rows_b = a.flatten(1)[:, :6], b.flatten(1)[:, :6].clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(gradient_distance(rows_a, rows_b, "l2").sum(), rows_b)
+    torch.testing.assert_close(grad[[0, 2]], torch.nn.functional.normalize(rows_b - rows_a)[[0, 2]])
     dist = gradient_distance(a, b.requires_grad_(True), "l2")
     (grad,) = torch.autograd.grad(dist.sum(), b, create_graph=True)
     with pytest.raises(RuntimeError):  # differentiated twice: refused, never a wrong answer

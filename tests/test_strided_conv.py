@@ -153,3 +153,21 @@ def test_a_pruned_input_gradient_is_not_computed(monkeypatch) -> None:
         assert len(calls) == 2 and leaf.grad is not None
         leaf.grad = None
         fast.zero_grad()
+
+
+def test_the_training_steps_pattern_gives_nn_conv2ds_parameter_gradients() -> None:
+    """As distill's step: an input gradient with create_graph, then a backward that asks for the
+    parameters only (where the layer skips the input's gradient): the same parameter gradients."""
+    native, fast = twins(4, 5, 8, 4)
+    g = torch.Generator().manual_seed(5)
+    x = torch.rand(2, 4, 84, 84, generator=g, dtype=torch.float64)
+    v = torch.randn(2, 5, 20, 20, generator=g, dtype=torch.float64)
+    grads = []
+    for layer in (native, fast):
+        _, loss = input_gradient_loss(layer, x, v)
+        params = list(layer.parameters())
+        torch.autograd.backward(loss + layer(x.requires_grad_(True)).pow(2).sum(), inputs=params)
+        grads.append([p.grad.clone() for p in params])
+        x = x.detach()
+    for a, b in zip(*grads):
+        torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-12)
