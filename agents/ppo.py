@@ -598,7 +598,9 @@ def _save(
     atomic_torch_save(teacher_record(model_state, settings, training), out_dir / "teacher.pt")
 
 
-def export_teacher(run_dir: str | Path, out_path: str | Path, *, half: bool = True, final: bool = False) -> Path:
+def export_teacher(
+    run_dir: str | Path, out_path: str | Path, *, half: bool = True, final: bool = False
+) -> Path:
     """Write the policy of a training run as a shippable teacher checkpoint.
 
     Args:
