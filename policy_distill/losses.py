@@ -48,6 +48,8 @@ from torch.autograd import forward_ad as fwAD
 from torch.autograd.function import once_differentiable
 from torch.nn import functional as F
 
+from policy_distill.strided_conv import memory_format_of
+
 KLDirection = Literal["student_teacher", "teacher_student"]
 GradNorm = Literal["l2", "squared_l2", "l1"]
 SobolevEstimator = Literal["vjp", "jvp", "fd"]
@@ -209,7 +211,7 @@ def teacher_projected_gradients(teacher: LogProbFn, x: Tensor, v: Tensor) -> tup
             grad = input_vjp(logp, x_t, v[0], create_graph=False)
             # In x's layout, as the stack's slices are (a no-op for the shipped teachers, whose
             # input gradient already comes back that way).
-            return logp.detach(), grad.contiguous(memory_format=_memory_format(x)).unsqueeze(0)
+            return logp.detach(), grad.contiguous(memory_format=memory_format_of(x)).unsqueeze(0)
         grads = empty_stack_like(x, last + 1)
         for k in range(last + 1):
             grads[k] = input_vjp(logp, x_t, v[k], create_graph=False, retain_graph=k < last)
@@ -298,13 +300,6 @@ def sobolev_exact_loss(
     return per_action.mean(), student_logp
 
 
-def _memory_format(x: Tensor) -> torch.memory_format:
-    """channels_last for a 4-D channels_last tensor, else contiguous."""
-    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
-        return torch.channels_last
-    return torch.contiguous_format
-
-
 def empty_stack_like(x: Tensor, k: int, *, dtype: torch.dtype | None = None) -> Tensor:
     """An uninitialised ``[K, *x.shape]`` tensor whose every ``[k]`` slice has ``x``'s memory format.
 
@@ -314,7 +309,7 @@ def empty_stack_like(x: Tensor, k: int, *, dtype: torch.dtype | None = None) -> 
     about the cost of a whole KL step). Writing into this instead keeps one layout throughout.
     """
     dtype = x.dtype if dtype is None else dtype
-    if _memory_format(x) == torch.channels_last:
+    if memory_format_of(x) == torch.channels_last:
         b, c, h, w = x.shape
         return torch.empty((k, b, h, w, c), dtype=dtype, device=x.device).permute(0, 1, 4, 2, 3)
     return torch.empty((k, *x.shape), dtype=dtype, device=x.device)

@@ -28,6 +28,11 @@ def _is_channels_last(t: Tensor) -> bool:
     return t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
 
 
+def memory_format_of(t: Tensor) -> torch.memory_format:
+    """channels_last for a 4-D channels_last tensor, else contiguous."""
+    return torch.channels_last if _is_channels_last(t) else torch.contiguous_format
+
+
 def space_to_depth_weight(weight: Tensor, stride: int) -> Tensor:
     """``[O, C, k, k]`` -> ``[O, s*s*C, k/s, k/s]``: the same filter over space-to-depth input.
 
@@ -103,7 +108,7 @@ class _DenseInputGradient(torch.autograd.Function):
         ctx.input_dtype = x.dtype
         ctx.channels = x.shape[1]
         # The input gradient comes back in the input's memory format, as nn.Conv2d's does.
-        ctx.memory_format = torch.channels_last if _is_channels_last(x) else torch.contiguous_format
+        ctx.memory_format = memory_format_of(x)
         return y.view_as(y)
 
     @staticmethod
