@@ -15,7 +15,7 @@ EPISODES ?= 10
 ARGS ?=
 
 .PHONY: help setup test test-all lint format teacher evaluate-teacher collect distill evaluate \
-        regression-benchmark benchmark reproduce report clean-venv
+        regression-benchmark benchmark tune reproduce report clean-venv
 
 help:
 	@echo "make distill GAME=pong     collect (if needed) and distil a student with the shipped teacher"
@@ -26,6 +26,7 @@ help:
 	@echo "make evaluate CHECKPOINT=runs/pong/<run>/best.pt EPISODES=10"
 	@echo "make regression-benchmark  the paper's section 4.1 benchmark"
 	@echo "make benchmark             collection, distillation, teacher-training and student-vs-teacher benchmarks"
+	@echo "make tune GAME=breakout    choose the grid's hyperparameters on validation splits (resumable)"
 	@echo "make reproduce [ARGS=...]  the paper's Figure 4 sweep (resumable); make report writes docs/reproduce"
 
 $(VENV)/.installed: pyproject.toml
@@ -69,6 +70,9 @@ evaluate: setup
 
 regression-benchmark: setup
 	$(PY) -m policy_distill regression-benchmark --out docs/regression $(ARGS)
+
+tune: setup
+	$(PY) -m policy_distill tune --game $(GAME) $(ARGS)
 
 reproduce: setup
 	$(PY) -m policy_distill reproduce $(ARGS)

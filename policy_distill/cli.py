@@ -288,6 +288,24 @@ def _sweep_configs() -> tuple[type, ...]:
     return (SweepConfig,)
 
 
+def _tune_configs() -> tuple[type, ...]:
+    from policy_distill.experiments.tune import TuneConfig
+
+    return (TuneConfig,)
+
+
+def cmd_tune(cfg: Any) -> dict[str, Any]:
+    from policy_distill.experiments.tune import tune
+
+    result = tune(cfg)
+    done = ", ".join(f"{f:g}" for f in result["finished_fractions"]) or "none"
+    print(
+        f"{result['ran']} run(s) finished; tuned fractions finished: {done}; page {result['page']}"
+        + (f"; entry written to {cfg.hparams}" if result["hparams_written"] else "")
+    )
+    return result
+
+
 def _report_configs() -> tuple[type, ...]:
     from policy_distill.experiments.report import ReportConfig
 
@@ -372,6 +390,14 @@ COMMANDS = (
         "the paper's Figure 4 sweep: games x fractions x {kl, sobolev} x seeds, resumable",
         _sweep_configs,
         cmd_reproduce,
+        on_interrupt="interrupted; run the same command again: finished runs are skipped, the "
+        "interrupted one resumes",
+    ),
+    Command(
+        "tune",
+        "choose a game's learning rate, alpha, estimator and steps on validation splits (resumable)",
+        _tune_configs,
+        cmd_tune,
         on_interrupt="interrupted; run the same command again: finished runs are skipped, the "
         "interrupted one resumes",
     ),

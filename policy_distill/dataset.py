@@ -70,6 +70,10 @@ def gather_stacks(frames: ArrayT, frame_index: ArrayT, idx: ArrayT, offsets: Arr
     return frames[frame_index[idx][:, None] + offsets]
 
 
+VALIDATION_BOUNDARIES = ("next", "previous")
+"""Where a validation part carved from the training part starts (:meth:`Dataset.split`)."""
+
+
 @dataclass(frozen=True)
 class Split:
     """Sample indices of a time-wise split (each sorted, disjoint, no shared episode)."""
@@ -113,7 +117,9 @@ class Dataset:
         """``[B]`` sample indices -> ``[B]`` episode numbers."""
         return np.searchsorted(self.episode_starts, np.asarray(idx), side="right") - 1
 
-    def split(self, train_fraction: float, validation_fraction: float = 0.0) -> Split:
+    def split(
+        self, train_fraction: float, validation_fraction: float = 0.0, validation_boundary: str = "next"
+    ) -> Split:
         """The paper's time-wise split: train on the first x% of the recording, test on the rest.
 
         The training part is exactly the first ``round(x * N)`` samples. The test part starts
@@ -122,20 +128,41 @@ class Dataset:
 
         With ``validation_fraction`` v > 0 the held-out part is carved from the end of the
         training part instead (for choosing hyperparameters without touching the test part):
-        train on its first ``round((1 - v) * n_train)`` samples, validate from the next episode
-        boundary up to the end of the training part.
+        the fit/validation cut lies near ``round((1 - v) * n_train)`` and is moved to an episode
+        boundary, so no episode is on both sides. ``validation_boundary`` says which one:
+
+        - ``next``: the first episode start at or after the cut; the samples in between are used
+          by neither side. With episodes longer than v of the training part (a small fraction
+          of a recording) the validation part can be tiny or empty.
+        - ``previous``: the last episode start at or before the cut; the fit part ends there and
+          the validation part is at least v of the training part (whole episodes, the last one
+          cut off where the training part ends). Empty fit part if the training part holds one
+          episode start only (at sample 0).
         """
         if not 0.0 < train_fraction <= 1.0:
             raise UserError(f"`train_fraction` must be in (0, 1], got {train_fraction}")
         if not 0.0 <= validation_fraction < 1.0:
             raise UserError(f"`validation_fraction` must be in [0, 1), got {validation_fraction}")
+        if validation_boundary not in VALIDATION_BOUNDARIES:
+            raise UserError(
+                f"`validation_boundary` must be one of {', '.join(VALIDATION_BOUNDARIES)}, "
+                f"got {validation_boundary!r}"
+            )
         n_train = max(1, int(round(train_fraction * len(self))))
         if validation_fraction == 0.0:
             return Split(
                 train=np.arange(n_train), test=np.arange(self._next_episode_start(n_train), len(self))
             )
         n_fit = max(1, int(round((1.0 - validation_fraction) * n_train)))
+        if validation_boundary == "previous":
+            start = self._previous_episode_start(n_fit)
+            return Split(train=np.arange(start), test=np.arange(start, n_train))
         return Split(train=np.arange(n_fit), test=np.arange(self._next_episode_start(n_fit), n_train))
+
+    def _previous_episode_start(self, index: int) -> int:
+        """The last episode start at or before sample ``index`` (0 if none)."""
+        boundary = int(np.searchsorted(self.episode_starts, index, side="right")) - 1
+        return int(self.episode_starts[boundary]) if boundary >= 0 else 0
 
     def _next_episode_start(self, index: int) -> int:
         """The first episode start at or after sample ``index`` (``len(self)`` if none)."""

@@ -48,7 +48,7 @@ from policy_distill.checkpoint import (
     safe_torch_load,
 )
 from policy_distill.collect import CollectConfig, collect
-from policy_distill.dataset import Dataset, FrameStore, load_dataset, recollect_hint
+from policy_distill.dataset import VALIDATION_BOUNDARIES, Dataset, FrameStore, load_dataset, recollect_hint
 from policy_distill.devices import (
     autocast,
     cpu_capability,
@@ -112,6 +112,11 @@ class DistillConfig(TrainingSchedule):
     validation_fraction: float = 0.0
     """Hold out this share of the training part's end (whole episodes) instead of the test part,
     for choosing hyperparameters; 0 evaluates on the test part."""
+    validation_boundary: str = "next"
+    """Where the validation part starts (with validation_fraction > 0): next, the first episode
+    start after the cut (the samples between are unused), or previous, the last one before it
+    (the validation part holds at least validation_fraction of the training part: for the small
+    training fractions, whose episodes are long against the part; Dataset.split)."""
     steps: int = 3_000
     """Optimiser steps (3,000 x 200 frames: ~6.7 passes over a 90K-frame training split)."""
     learning_rate: float = 1e-3
@@ -207,6 +212,7 @@ class DistillConfig(TrainingSchedule):
                 within(self, "temperature", 0, math.inf, open_low=True, open_high=True),
                 within(self, "train_fraction", 0, 1, open_low=True),
                 within(self, "validation_fraction", 0, 1, open_high=True),
+                one_of(self, "validation_boundary", VALIDATION_BOUNDARIES),
                 (
                     "validation_fraction",
                     "cannot be combined with test_data (validation is carved from training)",
@@ -223,6 +229,7 @@ class DistillConfig(TrainingSchedule):
     @property
     def run_dir(self) -> Path:
         val = f"-val{self.validation_fraction:g}" if self.validation_fraction else ""
+        val += "prev" if val and self.validation_boundary == "previous" else ""
         # A bf16 run gets its own directory: it is not resumable in fp32.
         precision = "-bf16" if self.resolved_precision() == "bf16" else ""
         # The paper's estimator keeps the names runs had before estimators could be chosen.
@@ -260,6 +267,7 @@ def _upgraded_resume_key(saved: dict[str, Any]) -> dict[str, Any]:
     saved.setdefault("fd_epsilon", FD_EPSILON)
     saved.setdefault("centre_first_layer", False)
     saved.setdefault("samples_per_direction", 1)  # one direction per sample before the field existed
+    saved.setdefault("validation_boundary", "next")  # the only rule before the field existed
     return saved
 
 
@@ -620,7 +628,7 @@ def _distill(cfg: DistillConfig, *, progress: bool, world: World | None = None) 
     precision = cfg.resolved_precision()
     teacher = load_teacher(cfg.teacher or cfg.game, game=cfg.game, device=device)
     dataset = _prepare_data(cfg, teacher)
-    split = dataset.split(cfg.train_fraction, cfg.validation_fraction)
+    split = dataset.split(cfg.train_fraction, cfg.validation_fraction, cfg.validation_boundary)
     store = FrameStore(dataset, device)
     if cfg.test_data:
         test_set = load_dataset(cfg.test_data, mmap=False)
@@ -632,6 +640,12 @@ def _distill(cfg: DistillConfig, *, progress: bool, world: World | None = None) 
         raise UserError(
             f"train_fraction {cfg.train_fraction} (validation_fraction {cfg.validation_fraction}) leaves "
             "no held-out episode; lower the first, raise the second, or give a separate test dataset"
+        )
+    if len(split.train) == 0:
+        raise UserError(
+            f"train_fraction {cfg.train_fraction} holds no episode start before its validation part "
+            f"(validation_fraction {cfg.validation_fraction}, boundary previous), so nothing is left to "
+            "train on; raise train_fraction or use validation_boundary next"
         )
     held_out = "validation" if cfg.validation_fraction else "test"
     say(

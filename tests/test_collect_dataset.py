@@ -208,6 +208,23 @@ def test_validation_split_stays_inside_the_training_part(rng, tmp_path, fraction
         ds.split(fraction, validation_fraction=1.0)
 
 
+@pytest.mark.parametrize("fraction", [0.05, 0.1, 0.5, 1.0])
+def test_previous_boundary_validation_holds_whole_episodes_and_at_least_v(rng, tmp_path, fraction) -> None:
+    ds = _fake_dataset(tmp_path, list(rng.integers(50, 400, size=60)))
+    n_train = len(ds.split(fraction).train)
+    val = ds.split(fraction, validation_fraction=0.2, validation_boundary="previous")
+    assert len(val.train) > 0 and val.test[0] == len(val.train)  # fit | validation, nothing unused
+    assert val.test[0] in set(ds.episode_starts)  # validation starts an episode
+    assert val.test[-1] == n_train - 1  # never reaches into the test part
+    assert len(val.test) >= 0.2 * n_train - 1  # at least v of the training part (rounding)
+    assert not set(ds.episode_of(val.train)) & set(ds.episode_of(val.test))
+    # A training part inside the first episode leaves nothing to fit: an empty fit part, not an error here.
+    first = ds.episode_starts[1]
+    assert len(ds.split((first - 1) / len(ds), 0.2, "previous").train) == 0
+    with pytest.raises(UserError, match="`validation_boundary` must be one of next, previous"):
+        ds.split(fraction, 0.2, "before")
+
+
 def test_split_rejects_bad_fractions(tmp_path) -> None:
     ds = _fake_dataset(tmp_path, [100, 100])
     for bad in (0.0, -0.1, 1.5):

@@ -24,8 +24,10 @@ from policy_distill.experiments.report import (
     t_quantile_975,
 )
 from policy_distill.experiments.sweep import (
+    KEY_FIELDS,
     SweepConfig,
     append_row,
+    cell_key,
     latest_rows,
     load_hparams,
     read_rows,
@@ -194,6 +196,10 @@ def test_missing_game_in_hparams_is_a_one_line_error(tiny, tmp_path) -> None:
         ({"learning_rate": 2, "alpha": 1, "steps": 2, "chosen_by": "x"}, "learning_rate must be"),
         ({"learning_rate": 1e-3, "alpha": 0, "steps": 2, "chosen_by": "x"}, "alpha must be a number > 0"),
         ({"learning_rate": 1e-3, "alpha": 1, "steps": 2.5, "chosen_by": "x"}, "steps must be an integer"),
+        (
+            {"learning_rate": 1e-3, "alpha": 1, "steps": 2, "chosen_by": "x", "lr": 1},
+            r"unknown field\(s\) lr",
+        ),
     ],
 )
 def test_bad_hparams_entries_are_refused(tmp_path, entry: dict, expected: str) -> None:
@@ -201,6 +207,80 @@ def test_bad_hparams_entries_are_refused(tmp_path, entry: dict, expected: str) -
     with pytest.raises(UserError, match=expected):
         load_hparams(path)
     assert load_hparams(write_hparams(tmp_path / "ok.json"))["pong"].chosen_by == "a test"
+
+
+OVERRIDDEN = {
+    "learning_rate": 1e-3,
+    "alpha": 0.5,
+    "steps": 2,
+    "chosen_by": "a test",
+    "precision": "fp32",
+    "overrides": [
+        {"methods": ["sobolev"], "learning_rate": 5e-4},
+        {"fractions": [0.3], "steps": 3, "why": "small data"},
+        {"methods": ["sobolev"], "fractions": [0.3], "alpha": 2.0, "learning_rate": 2e-4},
+    ],
+}
+
+
+def test_overrides_apply_per_method_and_fraction_in_file_order(tmp_path) -> None:
+    hp = load_hparams(write_hparams(tmp_path / "h.json", pong=OVERRIDDEN))["pong"]
+    got = {
+        (m, f): (c.learning_rate, c.alpha_for(m), c.steps)
+        for m in ("kl", "sobolev")
+        for f in (0.3, 0.6)
+        for c in [hp.for_cell(m, f)]
+    }
+    assert got == {
+        ("kl", 0.3): (1e-3, 0.0, 3),
+        ("kl", 0.6): (1e-3, 0.0, 2),
+        ("sobolev", 0.3): (2e-4, 2.0, 3),  # the third override wins over the first
+        ("sobolev", 0.6): (5e-4, 0.5, 2),
+    }
+    key = cell_key("pong", "sobolev", 0.3, 0, hp)
+    assert (key[KEY_FIELDS.index("learning_rate")], key[KEY_FIELDS.index("steps")]) == (2e-4, 3)
+    assert hp.overrides[2].describe() == "sobolev at fractions 0.3: learning rate 0.0002, alpha 2"
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ({"methods": ["dagger"], "alpha": 1.0}, r"overrides\[0\]: methods must be a list of kl and sobolev"),
+        ({"fractions": [1.5], "alpha": 1.0}, r"fractions must be a list of numbers in \(0, 1\)"),
+        ({"methods": ["kl"], "batch_size": 64}, "unknown field.*batch_size"),
+        ({"methods": ["kl"]}, "changes nothing"),
+        ({"alpha": 0}, "alpha must be a number > 0"),
+    ],
+)
+def test_bad_overrides_are_refused_naming_the_item(tmp_path, override: dict, expected: str) -> None:
+    entry = {**OVERRIDDEN, "overrides": [override]}
+    with pytest.raises(UserError, match=expected):
+        load_hparams(write_hparams(tmp_path / "h.json", pong=entry))
+
+
+def test_sweep_runs_each_cell_with_its_overrides(tiny, tmp_path) -> None:
+    write_hparams(tmp_path / "hparams.json", pong=OVERRIDDEN)
+    cfg = sweep_config(tiny, tmp_path)
+    assert reproduce(cfg)["ran"] == 4
+    rows = {(r["method"], r["train_fraction"]): r for r in lines(tmp_path / "results.jsonl")}
+    assert {k: (r["learning_rate"], r["alpha"], r["steps"]) for k, r in rows.items()} == {
+        ("kl", 0.3): (1e-3, 0.0, 3),
+        ("kl", 0.6): (1e-3, 0.0, 2),
+        ("sobolev", 0.3): (2e-4, 2.0, 3),
+        ("sobolev", 0.6): (5e-4, 0.5, 2),
+    }
+    for r in rows.values():  # what the student was trained with, not only what the row says
+        config = torch.load(r["best_checkpoint"], weights_only=True)["config"]
+        assert (config["learning_rate"], config["alpha"], config["steps"]) == (
+            r["learning_rate"], r["alpha"], r["steps"]
+        )  # fmt: skip
+    assert reproduce(cfg)["skipped"] == 4
+    cfg_report = ReportConfig(
+        results=cfg.results, hparams=cfg.hparams, out=str(tmp_path / "docs"), fractions="0.3,0.6", seeds="0"
+    )
+    assert make_report(cfg_report)["excluded_rows"] == 0  # rows made with overrides belong to the file
+    page = (tmp_path / "docs" / "README.md").read_text()
+    assert "- pong, both methods at fractions 0.3: steps 3 (small data)" in page
 
 
 def test_rows_of_another_teacher_are_not_mixed_in(tiny, tmp_path) -> None:

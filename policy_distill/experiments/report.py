@@ -540,8 +540,15 @@ def write_page(summary: Summary, cfg: ReportConfig, fractions: Sequence[float], 
             "",
         ]
     lines += ["## Setup", "", *_setup(summary), "", "## Hyperparameters", ""]
+    overridden = [(game, o) for game, hp in summary.hparams.items() for o in hp.overrides]
     lines += [
-        f"From `{cfg.hparams}`; both methods share the learning rate and steps.",
+        f"From `{cfg.hparams}`; "
+        + (
+            "the values below hold for both methods and every fraction except where an override "
+            "says otherwise."
+            if overridden
+            else "both methods share the learning rate and steps."
+        ),
         "",
     ]
     # The estimator column appears once a game uses another than the paper's (older pages stay as they were).
@@ -560,6 +567,9 @@ def write_page(summary: Summary, cfg: ReportConfig, fractions: Sequence[float], 
             lines.append("| " + " | ".join([game, *cells, hp.chosen_by]) + " |")
         else:
             lines.append(f"| {game} |" + " |" * (5 if estimators else 4) + f" not in `{cfg.hparams}` |")
+    if overridden:
+        lines += ["", "Overrides, applied in this order (a later one wins):", ""]
+        lines += [f"- {game}, {o.describe()}" for game, o in overridden]
     lines += ["", "## Reproduce", "", "```bash", *_commands(summary, cfg), "```", ""]
     lines += [
         'The same through make: `make reproduce ARGS="--games pong"` and `make report`. Each '

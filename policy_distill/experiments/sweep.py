@@ -195,6 +195,46 @@ def parse_seeds(text: str) -> list[int]:
     return values
 
 
+OVERRIDABLE = (
+    "learning_rate",
+    "alpha",
+    "steps",
+    "sobolev_estimator",
+    "samples_per_direction",
+    "centre_first_layer",
+)
+"""Fields of a game's entry that an override may change for some methods or fractions."""
+
+
+@dataclass(frozen=True)
+class Override:
+    """Values that replace a game's own for the cells it matches (an ``overrides`` item)."""
+
+    values: tuple[tuple[str, Any], ...]
+    """(field, value) pairs, fields from ``OVERRIDABLE``."""
+    methods: tuple[str, ...] = ()
+    """Methods it applies to (empty: both)."""
+    fractions: tuple[float, ...] = ()
+    """Training fractions it applies to (empty: all)."""
+    why: str = ""
+    """Free text: the evidence for it."""
+
+    def describe(self) -> str:
+        """``"sobolev at fractions 0.01, 0.05: alpha 0.1"``: for reports."""
+        who = " and ".join(self.methods) if self.methods else "both methods"
+        where = f" at fractions {', '.join(f'{f:g}' for f in self.fractions)}" if self.fractions else ""
+        what = ", ".join(
+            f"{k.replace('_', ' ')} {v:g}" if isinstance(v, float) else f"{k.replace('_', ' ')} {v}"
+            for k, v in self.values
+        )
+        return f"{who}{where}: {what}" + (f" ({self.why})" if self.why else "")
+
+    def matches(self, method: str, fraction: float) -> bool:
+        return (not self.methods or method in self.methods) and (
+            not self.fractions or any(math.isclose(fraction, f) for f in self.fractions)
+        )
+
+
 @dataclass(frozen=True)
 class GameHparams:
     """One game's entry in the hyperparameter file."""
@@ -220,13 +260,89 @@ class GameHparams:
     centre_first_layer: bool = False
     """Both methods: centre the student's first layer on training frames before step 0
     (distill's centre_first_layer). Optional in the file (default false); part of a cell's identity."""
+    overrides: tuple[Override, ...] = ()
+    """Optional in the file: ``[{"methods": [...], "fractions": [...], "<field>": value, ...}]``,
+    applied in order to the cells each matches (a method's own learning rate, an alpha for the
+    small fractions); see :meth:`for_cell`."""
 
     def alpha_for(self, method: str) -> float:
         return self.alpha if method == "sobolev" else 0.0
 
+    def for_cell(self, method: str, fraction: float) -> GameHparams:
+        """The values one cell runs with: this entry with its matching overrides applied in
+        file order (a later one wins), and no overrides left."""
+        values: dict[str, Any] = {}
+        for override in self.overrides:
+            if override.matches(method, fraction):
+                values.update(override.values)
+        return dataclasses.replace(self, **values, overrides=())
+
+
+def _checked_value(where: str, name: str, value: Any) -> Any:
+    """One field of a hyperparameter entry, checked (UserError naming the entry and the field)."""
+
+    def number(x: Any) -> bool:
+        return not isinstance(x, bool) and isinstance(x, (int, float))
+
+    if name == "learning_rate" and not (number(value) and 0 < value < 1):
+        raise UserError(f"{where}: learning_rate must be a number in (0, 1), got {value!r}")
+    if name == "alpha" and not (number(value) and 0 < value < math.inf):
+        raise UserError(f"{where}: alpha must be a number > 0 (the kl method uses 0), got {value!r}")
+    if name == "steps" and not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+        raise UserError(f"{where}: steps must be an integer >= 1, got {value!r}")
+    if name == "precision" and value not in PRECISION_CHOICES:
+        raise UserError(f"{where}: precision must be auto, fp32 or bf16, got {value!r}")
+    if name == "sobolev_estimator" and value not in SOBOLEV_ESTIMATORS:
+        raise UserError(
+            f"{where}: sobolev_estimator must be one of {', '.join(SOBOLEV_ESTIMATORS)}, got {value!r}"
+        )
+    if name == "samples_per_direction" and not (
+        isinstance(value, int) and not isinstance(value, bool) and value >= 1
+    ):
+        raise UserError(f"{where}: samples_per_direction must be an integer >= 1, got {value!r}")
+    if name == "centre_first_layer" and not isinstance(value, bool):
+        raise UserError(f"{where}: centre_first_layer must be true or false, got {value!r}")
+    return float(value) if name in ("learning_rate", "alpha") else value
+
+
+def _overrides(where: str, raw: Any) -> tuple[Override, ...]:
+    """The ``overrides`` list of an entry, checked."""
+    if not isinstance(raw, list):
+        raise UserError(f"{where}: overrides must be a list of objects")
+    out = []
+    for i, item in enumerate(raw):
+        here = f"{where}: overrides[{i}]"
+        if not isinstance(item, dict):
+            raise UserError(f"{here} must be an object")
+        methods = item.get("methods", [])
+        if not isinstance(methods, list) or any(m not in METHODS for m in methods):
+            raise UserError(f"{here}: methods must be a list of {' and '.join(METHODS)}, got {methods!r}")
+        fractions = item.get("fractions", [])
+        if not isinstance(fractions, list) or not all(
+            not isinstance(f, bool) and isinstance(f, (int, float)) and 0 < f < 1 for f in fractions
+        ):
+            raise UserError(f"{here}: fractions must be a list of numbers in (0, 1), got {fractions!r}")
+        unknown = sorted(set(item) - {"methods", "fractions", "why", *OVERRIDABLE})
+        if unknown:
+            raise UserError(
+                f"{here}: unknown field(s) {', '.join(unknown)}; an override sets "
+                f"{', '.join(OVERRIDABLE)} for some methods and fractions (and says why)"
+            )
+        values = tuple((k, _checked_value(here, k, item[k])) for k in OVERRIDABLE if k in item)
+        if not values:
+            raise UserError(f"{here} changes nothing; give one of {', '.join(OVERRIDABLE)}")
+        why = item.get("why", "")
+        if not isinstance(why, str):
+            raise UserError(f"{here}: why must be text")
+        out.append(
+            Override(values, tuple(methods), tuple(float(f) for f in fractions), " ".join(why.split()))
+        )
+    return tuple(out)
+
 
 def load_hparams(path: str | Path) -> dict[str, GameHparams]:
-    """Read ``{"<game>": {"learning_rate", "alpha", "steps", "chosen_by"}, ...}``.
+    """Read ``{"<game>": {"learning_rate", "alpha", "steps", "chosen_by", [optional fields],
+    ["overrides"]}, ...}``.
 
     Keys starting with ``_`` are comments. Game names are canonicalised (``Pong`` -> ``pong``).
 
@@ -255,32 +371,24 @@ def load_hparams(path: str | Path) -> dict[str, GameHparams]:
         missing = [k for k in ("learning_rate", "alpha", "steps", "chosen_by") if k not in entry]
         if missing:
             raise UserError(f"{where} lacks {', '.join(missing)}")
-        lr, alpha, steps, chosen_by = (entry[k] for k in ("learning_rate", "alpha", "steps", "chosen_by"))
-        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < 1:
-            raise UserError(f"{where}: learning_rate must be a number in (0, 1), got {lr!r}")
-        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha < math.inf:
-            raise UserError(f"{where}: alpha must be a number > 0 (the kl method uses 0), got {alpha!r}")
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-            raise UserError(f"{where}: steps must be an integer >= 1, got {steps!r}")
+        unknown = sorted(
+            k
+            for k in entry
+            if not k.startswith("_") and k not in {*OVERRIDABLE, "precision", "chosen_by", "overrides"}
+        )
+        if unknown:
+            raise UserError(
+                f"{where}: unknown field(s) {', '.join(unknown)}; an entry has learning_rate, alpha, "
+                f"steps, chosen_by, and optionally precision, {', '.join(OVERRIDABLE[3:])}, overrides"
+            )
+        chosen_by = entry["chosen_by"]
         if not isinstance(chosen_by, str) or not chosen_by.strip():
             raise UserError(f"{where}: chosen_by must say how the values were chosen")
-        precision = entry.get("precision", "auto")
-        if precision not in PRECISION_CHOICES:
-            raise UserError(f"{where}: precision must be auto, fp32 or bf16, got {precision!r}")
-        estimator = entry.get("sobolev_estimator", "vjp")
-        if estimator not in SOBOLEV_ESTIMATORS:
-            raise UserError(
-                f"{where}: sobolev_estimator must be one of {', '.join(SOBOLEV_ESTIMATORS)}, "
-                f"got {estimator!r}"
-            )
-        shared = entry.get("samples_per_direction", 1)
-        if isinstance(shared, bool) or not isinstance(shared, int) or shared < 1:
-            raise UserError(f"{where}: samples_per_direction must be an integer >= 1, got {shared!r}")
-        centre = entry.get("centre_first_layer", False)
-        if not isinstance(centre, bool):
-            raise UserError(f"{where}: centre_first_layer must be true or false, got {centre!r}")
+        values = {k: _checked_value(where, k, entry[k]) for k in (*OVERRIDABLE, "precision") if k in entry}
         out[game] = GameHparams(
-            float(lr), float(alpha), steps, " ".join(chosen_by.split()), precision, estimator, shared, centre
+            chosen_by=" ".join(chosen_by.split()),
+            overrides=_overrides(where, entry.get("overrides", [])),
+            **values,
         )
     return out
 
@@ -366,7 +474,8 @@ def latest_rows(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def cell_key(game: str, method: str, fraction: float, seed: int, hp: GameHparams) -> tuple[Any, ...]:
-    """The results-row key (:func:`row_key`) of a grid cell run with ``hp``."""
+    """The results-row key (:func:`row_key`) of a grid cell run with ``hp`` (its overrides applied)."""
+    hp = hp.for_cell(method, fraction)
     # KL-only cells have no Sobolev term: they keep the default estimator whatever the file says.
     estimator = hp.sobolev_estimator if method == "sobolev" else KEY_DEFAULTS["sobolev_estimator"]
     shared = hp.samples_per_direction if method == "sobolev" else KEY_DEFAULTS["samples_per_direction"]

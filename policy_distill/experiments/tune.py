@@ -1,0 +1,611 @@
+"""Choosing a game's distillation hyperparameters on validation splits: ``policy_distill tune``.
+
+The grid (:mod:`.sweep`) takes per game a learning rate, alpha, Sobolev estimator and step
+budget from ``docs/reproduce/hparams.json``; this module chooses them without touching any test
+part. For each *tuned fraction* x (default 0.05 and 0.8: one of the small-data fractions, one of
+the large), every run trains on the first x of the recording minus its last
+``validation_fraction`` and is scored on that last part (whole episodes from the episode start
+before the cut, ``validation_boundary previous``: at 5% a Pong episode is half the training part).
+The score of a run is its lowest validation KL over its evaluations (every ``eval_every`` steps):
+what the run would give if stopped at its best step, a step chosen on validation too.
+
+Per tuned fraction, one seed, in this order (each stage starts from the last one's choice):
+
+1. ``kl``: the learning rate of KL-only students, by a walk along the ``learning_rates`` ladder
+   from ``start_learning_rate`` (:func:`ladder_search`).
+2. ``sobolev``, the paper's estimator (vjp): alpha along the ``alphas`` ladder from the
+   estimator's default (``TUNED_ALPHA``), at the KL-only learning rate; then the learning rate
+   along its ladder at that alpha.
+3. Each other estimator of ``estimators`` (default fd): alpha along the ladder from its own
+   default (the terms differ in scale), at the Sobolev learning rate. The estimator with the
+   lowest score wins.
+4. Budget: a method's step budget is the first evaluation of its winner after which no later
+   one lowers the validation KL by more than ``plateau_tolerance`` (relative). Where fewer than
+   two of the search run's evaluations follow that step (it was still improving), the run is
+   continued (its run directory resumes) to ``budget_steps`` and the budget read from the whole
+   run; a budget at the last evaluation is marked as not converged: the CPU allowed no more.
+
+Every run appends a row to ``docs/tuning/<game>.jsonl`` (committed; a finished run is never run
+again, an interrupted one resumes from its ``latest.pt``); ``--fractions`` splits the work over
+processes or machines. The page ``docs/tuning/<game>.md`` and, with ``--write-hparams``, the
+game's entry of the hyperparameter file are generated from the rows by the same walk
+(:func:`choose`), so a choice can always be traced to its runs. Grid fractions take the values
+of the tuned fraction nearest on a log scale; where those differ from the largest tuned
+fraction's, the entry gets an override (:class:`.sweep.Override`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from policy_distill.checkpoint import atomic_write_bytes, hardware_description
+from policy_distill.distill import TUNED_ALPHA, TrainingSchedule
+from policy_distill.errors import UserError, at_least, check_fields, one_of, within
+from policy_distill.losses import SOBOLEV_ESTIMATORS
+from policy_distill.settings import PRECISION_CHOICES, game_info
+
+from .sweep import DEFAULT_FRACTIONS, DEFAULT_HPARAMS, append_row, parse_fractions, read_rows
+
+KEY_FIELDS = (
+    "game",
+    "train_fraction",
+    "validation_fraction",
+    "method",
+    "sobolev_estimator",
+    "learning_rate",
+    "alpha",
+    "steps",
+    "seed",
+    "precision",
+)
+"""A tuning row's identity: a run with a row under this key is never run again."""
+
+
+@dataclass(frozen=True)
+class TuneConfig(TrainingSchedule):
+    """One game's search; defaults: two tuned fractions, the ladders below, fp32, one seed."""
+
+    game: str = "pong"
+    """Game to tune (its shipped teacher and data/<game> unless given)."""
+    data: str = "data/{game}"
+    """Dataset directory, {game} replaced by the game; recorded (100K frames) if missing."""
+    teacher: str = ""
+    """Teacher name or path (default: the game's shipped teacher)."""
+    fractions: str = "0.05,0.8"
+    """Tuned training fractions (comma-separated); each one's validation part is carved from
+    its own training part. Give one per process to split the work."""
+    validation_fraction: float = 0.1
+    """Share of each training part's end held out for validation (from the episode start
+    before the cut)."""
+    learning_rates: str = "1e-4,2.5e-4,5e-4,1e-3,2e-3"
+    """Ladder of Adam learning rates (the paper searched 1e-5 to 1e-3 per game and method)."""
+    start_learning_rate: float = 1e-3
+    """Where the learning-rate walk starts (a value of the ladder)."""
+    alphas: str = "0.0003,0.001,0.003,0.01,0.03,0.1,0.3,1"
+    """Ladder of Sobolev weights; each estimator's walk starts at its default (TUNED_ALPHA)."""
+    estimators: str = "vjp,fd"
+    """Sobolev estimators compared (vjp, the paper's, is always tuned first)."""
+    steps: int = 3_000
+    """Optimiser steps of each search run."""
+    budget_steps: int = 6_000
+    """Steps each method's winner is continued to, to find its budget."""
+    plateau_tolerance: float = 0.02
+    """A budget is reached once no later evaluation lowers validation KL by more than this share."""
+    seed: int = 0
+    """Seed of every run (one seed: the search walks; the grid's seeds are 0-2)."""
+    precision: str = "fp32"
+    """fp32 (default: the same cells on every CPU, AVX2 or AVX-512), bf16 or auto."""
+    results: str = "docs/tuning/{game}.jsonl"
+    """JSON-lines table of the runs, {game} replaced; read to skip finished runs."""
+    runs_dir: str = "runs/tuning"
+    """Root of run directories: <runs_dir>/<game>/frac<x>-<setting>-seed<s>-<precision>."""
+    out: str = "docs/tuning/{game}.md"
+    """Page written from the rows, {game} replaced."""
+    hparams: str = DEFAULT_HPARAMS
+    """Hyperparameter file whose entry for the game --write-hparams replaces."""
+    write_hparams: bool = False
+    """Replace the game's entry in --hparams with the choices (once every tuned fraction is done)."""
+    grid_fractions: str = DEFAULT_FRACTIONS
+    """The grid's fractions, each mapped to the nearest tuned fraction (log scale)."""
+    report_only: bool = False
+    """Write the page (and entry) from the rows so far; run nothing."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "game", game_info(self.game).name)
+        check_fields(
+            "tuning settings",
+            [
+                within(self, "validation_fraction", 0, 1, open_low=True, open_high=True),
+                within(self, "plateau_tolerance", 0, 1, open_high=True),
+                at_least(self, "steps", 1),
+                at_least(self, "seed", 0),
+                one_of(self, "precision", PRECISION_CHOICES),
+                ("budget_steps", f"must be >= steps ({self.steps}), got {self.budget_steps}")
+                if self.budget_steps < self.steps
+                else None,
+                (
+                    "start_learning_rate",
+                    f"{self.start_learning_rate:g} is not on the ladder {self.learning_rates}",
+                )
+                if not any(math.isclose(self.start_learning_rate, v) for v in self.lr_ladder())
+                else None,
+            ],
+        )
+        self.fraction_list()
+        self.alpha_ladder()
+        self.estimator_list()
+        parse_fractions(self.grid_fractions)
+
+    def fraction_list(self) -> list[float]:
+        return parse_fractions(self.fractions)
+
+    def lr_ladder(self) -> list[float]:
+        return _ladder(self.learning_rates, "learning_rates", high=1.0)
+
+    def alpha_ladder(self) -> list[float]:
+        return _ladder(self.alphas, "alphas", high=math.inf)
+
+    def estimator_list(self) -> list[str]:
+        names = [e.strip() for e in self.estimators.split(",") if e.strip()]
+        unknown = [e for e in names if e not in SOBOLEV_ESTIMATORS]
+        if unknown or not names:
+            raise UserError(
+                f"`estimators` {self.estimators!r}: use comma-separated {', '.join(SOBOLEV_ESTIMATORS)}"
+            )
+        return ["vjp", *dict.fromkeys(e for e in names if e != "vjp")]
+
+    def path(self, template: str) -> Path:
+        return Path(template.replace("{game}", self.game))
+
+
+def _ladder(text: str, name: str, *, high: float) -> list[float]:
+    try:
+        values = sorted({float(t) for t in text.split(",") if t.strip()})
+    except ValueError:
+        raise UserError(f"`{name}` must be comma-separated numbers, got {text!r}") from None
+    if not values or not all(0 < v < high for v in values):
+        raise UserError(f"`{name}` must be numbers in (0, {high:g}), got {text!r}")
+    return values
+
+
+# --- The walk --------------------------------------------------------------------------------
+
+
+class NotRun(Exception):
+    """A run the choice needs has no row yet (reading rows only)."""
+
+
+def ladder_search(ladder: Sequence[float], start: float, score: Callable[[float], float]) -> float:
+    """The ladder value of lowest score, found by walking from ``start``.
+
+    Scores ``start`` and its neighbours, then keeps stepping outwards past the best while it is
+    the outermost one scored, so a score that falls and rises once along the ladder (one valley)
+    is minimised exactly with at most ``valley distance + 3`` evaluations. Ties go to the value
+    scored first. ``score`` may return ``inf`` (a run that diverged).
+    """
+    i = min(range(len(ladder)), key=lambda j: abs(math.log(ladder[j] / start)))
+    lo, hi = max(0, i - 1), min(len(ladder) - 1, i + 1)
+    scores = {i: score(ladder[i])}
+    for j in (lo, hi):
+        if j not in scores:
+            scores[j] = score(ladder[j])
+    while True:
+        best = min(scores, key=lambda j: (scores[j], list(scores).index(j)))
+        if best == lo and lo > 0:
+            lo -= 1
+            scores[lo] = score(ladder[lo])
+        elif best == hi and hi < len(ladder) - 1:
+            hi += 1
+            scores[hi] = score(ladder[hi])
+        else:
+            return ladder[best]
+
+
+def plateau_step(history: Sequence[tuple[int, float]], tolerance: float) -> int:
+    """The first evaluation step after which no later evaluation lowers the validation KL by
+    more than ``tolerance`` of its value: ``[(step, kl), ...]`` in step order -> step."""
+    for i, (step, kl) in enumerate(history):
+        later = [k for _, k in history[i + 1 :]]
+        if not later or min(later) >= kl * (1 - tolerance):
+            return step
+    raise ValueError("empty history")
+
+
+CONFIRMING_EVALUATIONS = 2
+"""Later evaluations of a search run that must show its plateau (none lower by more than the
+tolerance) for its budget to be taken without continuing the run to ``budget_steps``."""
+
+
+@dataclass(frozen=True)
+class Setting:
+    """The hyperparameters of one run (besides game, fraction and seed)."""
+
+    method: str
+    learning_rate: float
+    alpha: float = 0.0
+    sobolev_estimator: str = "vjp"
+
+    def label(self) -> str:
+        name = self.method if self.method == "kl" else f"sobolev-{self.sobolev_estimator}"
+        return f"{name}-lr{self.learning_rate:g}" + (f"-alpha{self.alpha:g}" if self.alpha else "")
+
+
+@dataclass(frozen=True)
+class Choice:
+    """What the walk chose at one tuned fraction."""
+
+    fraction: float
+    kl: Setting
+    sobolev: Setting
+    budgets: dict[str, int]
+    """Per method: the step budget (the plateau of its winner's continued run)."""
+    converged: dict[str, bool]
+    """Per method: False where the budget is its run's last evaluation (still improving)."""
+    budget_runs: dict[str, int]
+    """Per method: steps of the winner's run the budget was read from (search or continued)."""
+
+
+def choose(cfg: TuneConfig, fraction: float, lookup: Callable[[Setting, int], dict[str, Any]]) -> Choice:
+    """The walk of the module docstring at one fraction. ``lookup(setting, steps)`` returns the
+    run's row (running it, or reading it: :class:`NotRun` where it has none)."""
+
+    def score(setting: Setting) -> float:
+        return _score(lookup(setting, cfg.steps))
+
+    lrs, alphas = cfg.lr_ladder(), cfg.alpha_ladder()
+    kl_lr = ladder_search(lrs, cfg.start_learning_rate, lambda lr: score(Setting("kl", lr)))
+    alpha = ladder_search(alphas, TUNED_ALPHA["vjp"], lambda a: score(Setting("sobolev", kl_lr, a)))
+    sob_lr = ladder_search(lrs, kl_lr, lambda lr: score(Setting("sobolev", lr, alpha)))
+    best = Setting("sobolev", sob_lr, alpha)
+    for estimator in cfg.estimator_list()[1:]:
+        a = ladder_search(
+            alphas, TUNED_ALPHA[estimator], lambda a, e=estimator: score(Setting("sobolev", sob_lr, a, e))
+        )
+        candidate = Setting("sobolev", sob_lr, a, estimator)
+        if score(candidate) < score(best):
+            best = candidate
+    winners = {"kl": Setting("kl", kl_lr), "sobolev": best}
+    budgets, converged, budget_runs = {}, {}, {}
+    for method, setting in winners.items():
+        history = [(h["step"], h["kl"]) for h in lookup(setting, cfg.steps)["history"]]
+        budget = plateau_step(history, cfg.plateau_tolerance)
+        if sum(step > budget for step, _ in history) < CONFIRMING_EVALUATIONS:  # not seen to level off
+            history = [(h["step"], h["kl"]) for h in lookup(setting, cfg.budget_steps)["history"]]
+            budget = plateau_step(history, cfg.plateau_tolerance)
+        budgets[method] = budget
+        converged[method] = budget < history[-1][0]
+        budget_runs[method] = history[-1][0]
+    return Choice(fraction, winners["kl"], winners["sobolev"], budgets, converged, budget_runs)
+
+
+def _score(row: dict[str, Any]) -> float:
+    """A run's lowest validation KL over its evaluations (inf where it diverged)."""
+    if row.get("diverged"):
+        return math.inf
+    return min(h["kl"] for h in row["history"])
+
+
+# --- Runs and rows ---------------------------------------------------------------------------
+
+
+def row_key(row: dict[str, Any]) -> tuple[Any, ...]:
+    return tuple(row.get(k) for k in KEY_FIELDS)
+
+
+def _key(cfg: TuneConfig, fraction: float, setting: Setting, steps: int, precision: str) -> tuple[Any, ...]:
+    return (
+        cfg.game,
+        fraction,
+        cfg.validation_fraction,
+        setting.method,
+        setting.sobolev_estimator,
+        setting.learning_rate,
+        setting.alpha,
+        steps,
+        cfg.seed,
+        precision,
+    )
+
+
+class Runner:
+    """``lookup`` for :func:`choose`: a row from the table, else a distill run (its row appended)."""
+
+    def __init__(self, cfg: TuneConfig, *, run: bool) -> None:
+        from policy_distill.devices import pick_device, resolve_precision
+
+        self.cfg = cfg
+        self.run = run
+        self.precision = resolve_precision(cfg.precision, pick_device(cfg.device))
+        self.results = cfg.path(cfg.results)
+        self.rows = {row_key(r): r for r in read_rows(self.results)}
+        self.ran = 0
+
+    def lookup_at(self, fraction: float) -> Callable[[Setting, int], dict[str, Any]]:
+        return lambda setting, steps: self.lookup(fraction, setting, steps)
+
+    def lookup(self, fraction: float, setting: Setting, steps: int) -> dict[str, Any]:
+        key = _key(self.cfg, fraction, setting, steps, self.precision)
+        if key in self.rows:
+            return self.rows[key]
+        if not self.run:
+            raise NotRun(f"frac {fraction:g} {setting.label()} {steps} steps")
+        row = self._distill(fraction, setting, steps, key)
+        append_row(self.results, row)
+        self.rows[key] = row
+        self.ran += 1
+        return row
+
+    def _distill(self, fraction: float, setting: Setting, steps: int, key: tuple[Any, ...]) -> dict[str, Any]:
+        from policy_distill.devices import cpu_capability
+        from policy_distill.distill import DistillConfig, distill
+
+        cfg = self.cfg
+        run_cfg = DistillConfig(
+            game=cfg.game,
+            teacher=cfg.teacher,
+            data=cfg.data.replace("{game}", cfg.game),
+            train_fraction=fraction,
+            validation_fraction=cfg.validation_fraction,
+            validation_boundary="previous",
+            steps=steps,
+            learning_rate=setting.learning_rate,
+            alpha=setting.alpha,
+            sobolev_estimator=setting.sobolev_estimator,
+            seed=cfg.seed,
+            precision=self.precision,
+            run=f"frac{fraction:g}-{setting.label()}-seed{cfg.seed}-{self.precision}",
+            runs_dir=cfg.runs_dir,
+            **{f.name: getattr(cfg, f.name) for f in dataclasses.fields(TrainingSchedule)},
+        )
+        print(
+            f"tune {cfg.game} frac {fraction:g}: {setting.label()} to step {steps} in {run_cfg.run_dir}",
+            flush=True,
+        )
+        started = time.perf_counter()
+        try:
+            result = distill(run_cfg)
+            diverged = False
+        except UserError as e:
+            if "non-finite loss" not in str(e):
+                raise
+            result, diverged = None, True
+        from policy_distill.checkpoint import safe_torch_load
+
+        latest_path = run_cfg.run_dir / "latest.pt"
+        if not latest_path.is_file():  # diverged before its first evaluation
+            raise UserError(
+                f"{setting.label()} at fraction {fraction:g} diverged before its first evaluation "
+                f"({run_cfg.run_dir}); lower the ladder's largest value or raise eval_every's frequency"
+            )
+        latest = safe_torch_load(latest_path, what="student checkpoint")
+        row = {
+            **dict(zip(KEY_FIELDS, key)),
+            "history": [{"step": h["step"], **h["metrics"]} for h in latest["history"]],
+            "diverged": diverged,
+            "run_dir": str(run_cfg.run_dir),
+            "train_frames": latest["dataset"]["train_frames"],
+            "validation_frames": latest["dataset"]["test_frames"],
+            "teacher_sha256": latest["teacher"]["sha256"],
+            "dataset_sha256": latest["dataset"].get("content_sha256"),
+            "wall_s": time.perf_counter() - started,
+            "hardware": hardware_description(),
+            "cpu_capability": cpu_capability(),
+            "batch_size": cfg.batch_size,
+            "eval_every": cfg.eval_every,
+            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        if result is not None:
+            print(f"  done: lowest validation KL {_score(row):.4f} ({row['wall_s']:.0f} s)", flush=True)
+        return row
+
+
+# --- The page and the hparams entry ----------------------------------------------------------
+
+
+def tune(cfg: TuneConfig) -> dict[str, Any]:
+    """Run the walk at ``cfg.fractions`` (unless report_only), then write the page (and entry)."""
+    runner = Runner(cfg, run=not cfg.report_only)
+    if not cfg.report_only:
+        _check_output(cfg)
+        for fraction in cfg.fraction_list():
+            choose(cfg, fraction, runner.lookup_at(fraction))
+    reader = Runner(cfg, run=False)
+    choices: dict[float, Choice | None] = {}
+    for fraction in sorted({*cfg.fraction_list(), *(r["train_fraction"] for r in reader.rows.values())}):
+        try:
+            choices[fraction] = choose(cfg, fraction, reader.lookup_at(fraction))
+        except NotRun:
+            choices[fraction] = None
+    entry = hparams_entry(cfg, {f: c for f, c in choices.items() if c is not None})
+    page = render_page(cfg, reader, choices, entry)
+    out = cfg.path(cfg.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out, page.encode())
+    wrote_hparams = False
+    if cfg.write_hparams:
+        if entry is None or any(c is None for c in choices.values()):
+            raise UserError(
+                f"not every tuned fraction of {cfg.game} is finished; run tune for the rest before "
+                "--write-hparams"
+            )
+        _write_entry(Path(cfg.hparams), cfg.game, entry)
+        wrote_hparams = True
+    return {
+        "game": cfg.game,
+        "ran": runner.ran,
+        "results": str(runner.results),
+        "page": str(out),
+        "finished_fractions": [f for f, c in choices.items() if c is not None],
+        "hparams_written": wrote_hparams,
+        "entry": entry,
+    }
+
+
+def _check_output(cfg: TuneConfig) -> None:
+    """Fail before hours of runs, not after: the table and page must be writable."""
+    from policy_distill.checkpoint import check_writable_directory
+
+    for path in (cfg.path(cfg.results), cfg.path(cfg.out)):
+        check_writable_directory(path.parent, what="tuning output folder", fix="pass another --results/--out")
+
+
+def _nearest(fraction: float, tuned: Sequence[float]) -> float:
+    return min(tuned, key=lambda t: abs(math.log(fraction / t)))
+
+
+def hparams_entry(cfg: TuneConfig, choices: dict[float, Choice]) -> dict[str, Any] | None:
+    """The game's hparams.json entry: the largest tuned fraction's values as the base, an
+    override per method and group of grid fractions whose tuned fraction chose otherwise."""
+    if not choices:
+        return None
+    tuned = sorted(choices)
+    base_choice = choices[tuned[-1]]
+    kl, sob = base_choice.kl, base_choice.sobolev
+    base = {
+        "learning_rate": kl.learning_rate,
+        "alpha": sob.alpha,
+        "steps": base_choice.budgets["kl"],
+        "precision": cfg.precision,
+        "sobolev_estimator": sob.sobolev_estimator,
+    }
+
+    def cell_values(choice: Choice, method: str) -> dict[str, Any]:
+        setting = choice.kl if method == "kl" else choice.sobolev
+        values = {"learning_rate": setting.learning_rate, "steps": choice.budgets[method]}
+        if method == "sobolev":
+            values.update(alpha=setting.alpha, sobolev_estimator=setting.sobolev_estimator)
+        return values
+
+    grid = parse_fractions(cfg.grid_fractions)
+    overrides = []
+    for method in ("kl", "sobolev"):
+        groups = []  # (grid fractions, values that differ from the base) per tuned fraction
+        for fraction in tuned:
+            group = [g for g in grid if _nearest(g, tuned) == fraction]
+            changed = {k: v for k, v in cell_values(choices[fraction], method).items() if base[k] != v}
+            if group:
+                groups.append((group, changed))
+        if groups and all(changed == groups[0][1] for _, changed in groups):  # the same everywhere
+            if groups[0][1]:
+                overrides.append(
+                    {"methods": [method], **groups[0][1], "why": "chosen on the validation split"}
+                )
+            continue
+        for group, changed in groups:
+            if changed:
+                why = f"chosen on the validation split at fraction {_nearest(group[0], tuned):g}"
+                overrides.append({"methods": [method], "fractions": group, **changed, "why": why})
+    converged = [
+        f"{m} at {f:g}: {'plateau' if c.converged[m] else 'NOT converged'} at {c.budgets[m]} steps"
+        for f, c in sorted(choices.items())
+        for m in ("kl", "sobolev")
+    ]
+    chosen_by = (
+        f"policy_distill tune (validation split: the last {cfg.validation_fraction:g} of each tuned "
+        f"fraction's training part, from the episode start before the cut; never the test part), "
+        f"tuned at fractions {', '.join(f'{f:g}' for f in tuned)}, seed {cfg.seed}, {cfg.precision}: "
+        f"learning rate, alpha and estimator by the lowest validation KL of {cfg.steps}-step runs, "
+        f"steps by where validation KL stops improving (within {cfg.plateau_tolerance:g}) in runs "
+        f"continued to {cfg.budget_steps} ({'; '.join(converged)}). Runs and walk: "
+        f"{cfg.path(cfg.out)}."
+    )
+    return {**base, "chosen_by": chosen_by, **({"overrides": overrides} if overrides else {})}
+
+
+def _write_entry(path: Path, game: str, entry: dict[str, Any]) -> None:
+    from policy_distill.experiments.sweep import load_hparams
+
+    raw = json.loads(path.read_text()) if path.is_file() else {}
+    raw[game] = entry
+    atomic_write_bytes(path, (json.dumps(raw, indent=2) + "\n").encode())
+    load_hparams(path)  # what was written reads back
+
+
+def render_page(
+    cfg: TuneConfig, reader: Runner, choices: dict[float, Choice | None], entry: dict[str, Any] | None
+) -> str:
+    """docs/tuning/<game>.md: every run's row, the walk's choices, budgets and the entry."""
+    rows = sorted(
+        (r for r in reader.rows.values() if r["game"] == cfg.game),
+        key=lambda r: (r["train_fraction"], r["finished_at"]),
+    )
+    lines = [
+        f"# {cfg.game}: hyperparameters chosen on validation splits",
+        "",
+        "Generated by `python -m policy_distill tune` from "
+        f"`{cfg.path(cfg.results)}`; do not edit by hand. The protocol is in the docstring of "
+        "`policy_distill/experiments/tune.py`: per tuned fraction the learning rate (KL only), "
+        "then alpha and the learning rate (Sobolev, vjp), then the other estimators' alpha, each "
+        "by the lowest validation KL over a run's evaluations; then each winner continued to find "
+        "its step budget. The test part of the recording is never read.",
+        "",
+        "```bash",
+        f"python -m policy_distill tune --game {cfg.game} --fractions {cfg.fractions} "
+        f"--steps {cfg.steps} --budget-steps {cfg.budget_steps} --precision {cfg.precision}",
+        f"python -m policy_distill tune --game {cfg.game} --report-only --write-hparams",
+        "```",
+        "",
+    ]
+    hardware = sorted({f"{r['hardware']}, {r['cpu_capability']}" for r in rows})
+    cpu_s = sum(r["wall_s"] for r in rows)
+    lines += [
+        f"{len(rows)} runs, {cpu_s / 3600:.1f} hours of wall time (one process each) on: "
+        + ("; ".join(hardware) or "none yet")
+        + ".",
+        "",
+    ]
+    for fraction, choice in choices.items():
+        here = [r for r in rows if r["train_fraction"] == fraction]
+        frames = here[0] if here else None
+        lines += [f"## Fraction {fraction:g}", ""]
+        if frames:
+            lines += [
+                f"Training {frames['train_frames']:,} frames, "
+                f"validation {frames['validation_frames']:,} frames.",
+                "",
+            ]
+        lines += [
+            "| run | steps | lowest validation KL (at step) | final validation KL | final action error "
+            "| final gradient cosine | wall time |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        for r in here:
+            label = Setting(r["method"], r["learning_rate"], r["alpha"], r["sobolev_estimator"]).label()
+            if r.get("diverged") or not r["history"]:
+                lines.append(f"| {label} | {r['steps']} | diverged | | | | {r['wall_s'] / 60:.1f} min |")
+                continue
+            last = r["history"][-1]
+            low = min(r["history"], key=lambda h: h["kl"])
+            lines.append(
+                f"| {label} | {r['steps']} | {low['kl']:.4f} ({low['step']}) | {last['kl']:.4f} "
+                f"| {last['action_error']:.4f} | {last['grad_cosine']:.3f} | {r['wall_s'] / 60:.1f} min |"
+            )
+        lines.append("")
+        if choice is None:
+            lines += ["The walk at this fraction is not finished: run the tune command again.", ""]
+            continue
+        lines += [
+            f"Chosen: KL only `{choice.kl.label()}`, Sobolev `{choice.sobolev.label()}`.",
+            "",
+            "| method | step budget | converged | validation KL by step (the run it was read from) |",
+            "|---|---:|---|---|",
+        ]
+        for method, setting in (("kl", choice.kl), ("sobolev", choice.sobolev)):
+            row = reader.lookup(fraction, setting, choice.budget_runs[method])
+            curve = ", ".join(f"{h['step']}: {h['kl']:.4f}" for h in row["history"])
+            converged = "yes" if choice.converged[method] else "no"
+            lines.append(f"| {method} | {choice.budgets[method]} | {converged} | {curve} |")
+        lines.append("")
+    lines += ["## The hparams.json entry", ""]
+    if entry is None:
+        lines += ["None yet: no tuned fraction is finished.", ""]
+    else:
+        lines += ["```json", json.dumps({cfg.game: entry}, indent=2), "```", ""]
+    return "\n".join(lines)

@@ -1,0 +1,219 @@
+"""The validation-split search (policy_distill tune): the walk, the budget rule, the hparams entry
+it writes, and a whole search on the tiny recording."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from policy_distill.dataset import load_dataset
+from policy_distill.errors import UserError
+from policy_distill.experiments.sweep import cell_key, load_hparams
+from policy_distill.experiments.tune import (
+    Choice,
+    Setting,
+    TuneConfig,
+    choose,
+    hparams_entry,
+    ladder_search,
+    plateau_step,
+    read_rows,
+    tune,
+)
+
+
+@pytest.mark.parametrize("trial", range(200))
+def test_ladder_search_finds_the_valley_of_a_one_valley_score(trial: int) -> None:
+    rng = np.random.default_rng(trial)
+    ladder = sorted(set(np.round(10 ** rng.uniform(-5, 0, size=rng.integers(1, 9)), 8)))
+    start = ladder[rng.integers(len(ladder))] * float(rng.choice([1.0, 1.1]))  # on the ladder or near it
+    low = int(rng.integers(len(ladder)))
+    # A valley: strictly falling to `low`, strictly rising after it.
+    values = {v: abs(i - low) + rng.uniform(0, 0.5) * (i != low) for i, v in enumerate(ladder)}
+    calls: list[float] = []
+
+    def score(v: float) -> float:
+        calls.append(v)
+        return values[v]
+
+    assert ladder_search(ladder, start, score) == ladder[low]
+    assert len(calls) == len(set(calls))  # nothing scored twice
+    begin = min(range(len(ladder)), key=lambda j: abs(math.log(ladder[j] / start)))
+    assert len(calls) <= abs(begin - low) + 3
+
+
+def test_ladder_search_keeps_the_start_on_ties_and_skips_diverged_runs() -> None:
+    assert ladder_search([1e-4, 1e-3, 1e-2], 1e-3, lambda v: 1.0) == 1e-3
+    scores = {1e-4: 0.3, 1e-3: 0.2, 2e-3: math.inf}
+    assert ladder_search(sorted(scores), 1e-3, scores.__getitem__) == 1e-3
+
+
+@pytest.mark.parametrize(
+    ("curve", "expected"),
+    [
+        ([0.5, 0.3, 0.2, 0.15, 0.1], 5),  # still falling: the last evaluation
+        ([0.5, 0.1, 0.099, 0.0995, 0.0991], 2),  # later gains under 2%
+        ([0.5, 0.2, 0.1, 0.12, 0.2], 3),  # over-fits after its best step
+        ([0.5, 0.1, 0.105, 0.09], 4),  # a later evaluation 10% lower counts
+        ([0.4], 1),
+    ],
+)
+def test_plateau_step(curve: list[float], expected: int) -> None:
+    history = [(500 * (i + 1), kl) for i, kl in enumerate(curve)]
+    assert plateau_step(history, 0.02) == 500 * expected
+
+
+def _choice(fraction: float, kl_lr: float, alpha: float, est: str, budgets: tuple[int, int]) -> Choice:
+    return Choice(
+        fraction,
+        Setting("kl", kl_lr),
+        Setting("sobolev", kl_lr / 2, alpha, est),
+        {"kl": budgets[0], "sobolev": budgets[1]},
+        {"kl": True, "sobolev": budgets[1] < 6000},
+        {"kl": 6000, "sobolev": 6000},
+    )
+
+
+def test_hparams_entry_reproduces_every_choice_per_method_and_grid_fraction(tmp_path) -> None:
+    cfg = TuneConfig(game="breakout", fractions="0.05,0.8")
+    choices = {
+        0.05: _choice(0.05, 5e-4, 0.1, "vjp", (1500, 2500)),
+        0.8: _choice(0.8, 1e-3, 0.01, "fd", (4000, 6000)),
+    }
+    entry = hparams_entry(cfg, choices)
+    assert "NOT converged at 6000" in entry["chosen_by"] and "0.05, 0.8" in entry["chosen_by"]
+    path = tmp_path / "h.json"
+    path.write_text(json.dumps({"breakout": entry}))
+    hp = load_hparams(path)["breakout"]
+    for grid_fraction, tuned in [(0.01, 0.05), (0.05, 0.05), (0.1, 0.05), (0.3, 0.8), (0.5, 0.8), (0.8, 0.8)]:
+        c = choices[tuned]
+        kl, sob = hp.for_cell("kl", grid_fraction), hp.for_cell("sobolev", grid_fraction)
+        assert (kl.learning_rate, kl.steps) == (c.kl.learning_rate, c.budgets["kl"])
+        assert (sob.learning_rate, sob.alpha, sob.steps, sob.sobolev_estimator) == (
+            c.sobolev.learning_rate, c.sobolev.alpha, c.budgets["sobolev"], c.sobolev.sobolev_estimator
+        )  # fmt: skip
+        # The grid's cell keys carry the same values (what the sweep runs and the report checks).
+        key = cell_key("breakout", "sobolev", grid_fraction, 0, hp)
+        assert (key[4], key[5], key[6]) == (c.sobolev.learning_rate, c.sobolev.alpha, c.budgets["sobolev"])
+    # Only what differs from the base gets an override: Sobolev's own learning rate, the same at
+    # every tuned fraction, is one override for all fractions.
+    same = hparams_entry(cfg, {f: _choice(f, 1e-3, 0.01, "vjp", (3000, 3000)) for f in (0.05, 0.8)})
+    assert [{k: v for k, v in o.items() if k != "why"} for o in same["overrides"]] == [
+        {"methods": ["sobolev"], "learning_rate": 5e-4}
+    ]
+
+
+def test_choose_walks_each_stage_and_continues_only_runs_still_improving() -> None:
+    """choose() on synthetic validation curves: KL-only best at lr 5e-4, vjp best at alpha 0.03
+    and lr 1e-3, fd worse than vjp; the KL-only winner levels off inside its search run, the
+    Sobolev one is still improving at step 3,000 and is continued to 6,000."""
+    cfg = TuneConfig(estimators="vjp,fd")
+    asked: list[tuple[Setting, int]] = []
+
+    def curve(setting: Setting, steps: int) -> list[float]:
+        if setting.method == "kl":
+            low = 0.05 + abs(math.log10(setting.learning_rate / 5e-4))
+            return [low * (1 + 500 / s) if s < 1500 else low for s in range(500, steps + 1, 500)]
+        low = 0.03 + abs(math.log10(setting.alpha / 0.03)) + abs(math.log10(setting.learning_rate / 1e-3))
+        low += 0.01 if setting.sobolev_estimator == "fd" else 0.0
+        return [low * (1 + 6000 / s) for s in range(500, steps + 1, 500)]  # still falling
+
+    def lookup(setting: Setting, steps: int) -> dict:
+        asked.append((setting, steps))
+        return {"history": [{"step": 500 * (i + 1), "kl": kl} for i, kl in enumerate(curve(setting, steps))]}
+
+    choice = choose(cfg, 0.8, lookup)
+    assert choice.kl == Setting("kl", 5e-4)
+    assert choice.sobolev == Setting("sobolev", 1e-3, 0.03, "vjp")
+    assert choice.budgets == {"kl": 1500, "sobolev": 6000} and choice.budget_runs == {
+        "kl": 3000,
+        "sobolev": 6000,
+    }
+    assert choice.converged == {"kl": True, "sobolev": False}
+    assert [s for s, steps in asked if steps == 6000] == [choice.sobolev]  # KL only was not continued
+    assert any(s.sobolev_estimator == "fd" for s, _ in asked)
+
+
+def tune_config(tiny: Path, out: Path, **changes) -> TuneConfig:
+    base = dict(
+        game="pong",
+        data=str(tiny / "data"),
+        teacher=str(tiny / "teacher.pt"),
+        fractions="0.6",
+        learning_rates="5e-4,1e-3",
+        alphas="0.01,0.1",
+        estimators="vjp,fd",
+        steps=2,
+        budget_steps=4,
+        eval_every=2,
+        batch_size=16,
+        eval_frames=64,
+        fidelity_frames=4,
+        device="cpu",
+        results=str(out / "pong.jsonl"),
+        out=str(out / "pong.md"),
+        runs_dir=str(out / "runs"),
+        hparams=str(out / "hparams.json"),
+    )
+    base.update(changes)
+    return TuneConfig(**base)
+
+
+def test_tune_runs_the_walk_once_and_writes_its_page_and_entry(tiny, tmp_path, capsys) -> None:
+    (tmp_path / "hparams.json").write_text(json.dumps({"_comment": "x"}))
+    cfg = tune_config(tiny, tmp_path, write_hparams=True)
+    first = tune(cfg)
+    rows = read_rows(tmp_path / "pong.jsonl")
+    assert first["ran"] == len(rows) >= 7 and first["finished_fractions"] == [0.6]
+    n_train = round(0.6 * len(load_dataset(tiny / "data")))
+    for r in rows:
+        # Fit and validation parts lie inside the training part: nothing from the test part.
+        assert (
+            r["train_frames"] + r["validation_frames"] == n_train
+            and r["validation_frames"] >= 0.1 * n_train - 1
+        )
+        assert r["precision"] == "fp32" and r["history"][-1]["step"] == r["steps"]
+    budget_runs = [r for r in rows if r["steps"] == 4]
+    assert len(budget_runs) == 2 and {r["method"] for r in budget_runs} == {"kl", "sobolev"}
+    # The continued run resumed its search run's directory: its history starts with the search's.
+    for r in budget_runs:
+        search = next(s for s in rows if s["run_dir"] == r["run_dir"] and s["steps"] == 2)
+        assert r["history"][0] == search["history"][0]
+
+    hp = load_hparams(tmp_path / "hparams.json")["pong"]
+    assert "policy_distill tune" in hp.chosen_by and hp.precision == "fp32"
+    page = (tmp_path / "pong.md").read_text()
+    assert "Chosen: KL only `kl-lr" in page and '"pong": {' in page
+    assert f"{len(rows)} runs" in page
+
+    again = tune(cfg)
+    assert again["ran"] == 0 and len(read_rows(tmp_path / "pong.jsonl")) == len(rows)
+    assert again["entry"] == first["entry"]
+    assert "run(s)" not in capsys.readouterr().err
+
+
+def test_tune_refuses_to_write_an_entry_before_every_fraction_is_done(tiny, tmp_path) -> None:
+    cfg = tune_config(tiny, tmp_path, fractions="0.3,0.6", report_only=True, write_hparams=True)
+    with pytest.raises(UserError, match="not every tuned fraction of pong is finished"):
+        tune(cfg)
+    assert "not finished: run the tune command again" in (tmp_path / "pong.md").read_text()
+    assert not (tmp_path / "hparams.json").exists() and not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [
+        ({"start_learning_rate": 3e-3}, "start_learning_rate"),
+        ({"budget_steps": 1}, "budget_steps"),
+        ({"estimators": "vjp,exact"}, "`estimators`"),
+        ({"alphas": "0.1,-1"}, "`alphas` must be numbers"),
+        ({"fractions": "0.5,1.0"}, "`fractions` must lie in"),
+    ],
+)
+def test_bad_tuning_settings_are_refused(tmp_path, changes: dict, expected: str) -> None:
+    with pytest.raises(UserError, match=expected):
+        TuneConfig(**changes)
