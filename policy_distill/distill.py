@@ -669,7 +669,7 @@ def _distill(cfg: DistillConfig, *, progress: bool, world: World | None = None) 
     state = _resume(cfg, student, optimizer, generator, dataset, teacher, announce=main)
     if state.step >= cfg.steps:
         say(f"{run_dir} already finished")
-        return _result(cfg, state.metrics, state.best_kl, run_dir)
+        return _result(cfg, state.history, state.best_kl, run_dir)
 
     if world is not None:
         import torch.distributed as dist
@@ -708,6 +708,9 @@ def _distill(cfg: DistillConfig, *, progress: bool, world: World | None = None) 
     student.train()
     started, step_at_start = time.time(), state.step
     window_start, window_steps = time.time(), 0
+    # Sum of the batch KL since the last evaluation, kept on the device (no sync per step): the
+    # training KL beside each held-out one shows how far a student memorised its frames.
+    train_kl_sum, train_kl_steps = torch.zeros((), device=device), 0
     while state.step < cfg.steps:
         idx = train_idx[torch.randint(len(train_idx), (cfg.batch_size,), device=device, generator=generator)]
         directions = generator
@@ -736,6 +739,8 @@ def _distill(cfg: DistillConfig, *, progress: bool, world: World | None = None) 
             raise UserError(_non_finite_message(cfg, loss, teacher_logp, state, step_at_start, run_dir))
         state.step += 1
         window_steps += 1
+        train_kl_sum += loss.kl.detach().float()
+        train_kl_steps += 1
         bar.update(1)
         if writer is None or evaluator is None:
             continue
@@ -749,7 +754,11 @@ def _distill(cfg: DistillConfig, *, progress: bool, world: World | None = None) 
             for key, value in metrics.items():
                 writer.add_scalar(f"eval/{key}", value, state.step)
             writer.add_image("gradients/frame_teacher_student", evaluator.gradient_image(student), state.step)
-            state.history.append({"step": state.step, "metrics": metrics})
+            train_kl = (train_kl_sum / train_kl_steps).item()
+            train_kl_sum.zero_()
+            train_kl_steps = 0
+            writer.add_scalar("train/kl_since_last_eval", train_kl, state.step)
+            state.history.append({"step": state.step, "metrics": metrics, "train_kl": train_kl})
             elapsed = time.time() - started
             bar.set_postfix(
                 held_out_kl=f"{metrics['kl']:.4f}",
@@ -777,7 +786,7 @@ def _distill(cfg: DistillConfig, *, progress: bool, world: World | None = None) 
     bar.close()
     if writer is None:
         state.history, state.best_kl = world.broadcast(None) if world else (state.history, state.best_kl)
-        return _result(cfg, state.metrics, state.best_kl, run_dir)
+        return _result(cfg, state.history, state.best_kl, run_dir)
     writer.add_hparams(
         {k: v for k, v in dataclasses.asdict(cfg).items() if isinstance(v, (int, float, str))},
         {f"hparam/{k}": v for k, v in state.metrics.items()},
@@ -786,7 +795,7 @@ def _distill(cfg: DistillConfig, *, progress: bool, world: World | None = None) 
     writer.close()
     if world is not None:
         world.broadcast((state.history, state.best_kl))  # the other ranks return the same result
-    return _result(cfg, state.metrics, state.best_kl, run_dir)
+    return _result(cfg, state.history, state.best_kl, run_dir)
 
 
 def _non_finite_message(
@@ -820,7 +829,12 @@ def _non_finite_message(
     return f"{what}; {kept}; {fix}"
 
 
-def _result(cfg: DistillConfig, metrics: dict[str, float], best_kl: float, run_dir: Path) -> dict[str, Any]:
+def _result(
+    cfg: DistillConfig, history: list[dict[str, Any]], best_kl: float, run_dir: Path
+) -> dict[str, Any]:
+    """distill()'s return value; ``train_kl`` is the mean batch KL over the steps before the
+    last evaluation (None for runs saved before it was recorded)."""
+    metrics = history[-1]["metrics"] if history else {}
     return {
         "run_dir": str(run_dir),
         "best_checkpoint": str(run_dir / "best.pt"),
@@ -828,5 +842,6 @@ def _result(cfg: DistillConfig, metrics: dict[str, float], best_kl: float, run_d
         "train_fraction": cfg.train_fraction,
         "steps": cfg.steps,
         "best_test_kl": best_kl,
+        "train_kl": history[-1].get("train_kl") if history else None,
         **{f"test_{k}": v for k, v in metrics.items()},
     }

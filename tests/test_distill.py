@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -144,6 +145,25 @@ def test_runs_saved_before_precision_existed_resume_in_fp32(tiny) -> None:
     assert torch.load(path, weights_only=True)["step"] == 4
     with pytest.raises(UserError, match="other settings"):
         distill(config(tiny, run="old-style", steps=6, precision="bf16"))
+
+
+def test_each_evaluation_records_the_mean_training_kl_since_the_last(tiny, monkeypatch) -> None:
+
+    seen: list[float] = []
+    real_step = distill_module.train_step
+
+    def recording_step(*args, **kwargs):
+        loss = real_step(*args, **kwargs)
+        seen.append(loss.kl.item())
+        return loss
+
+    monkeypatch.setattr(distill_module, "train_step", recording_step)
+    result = distill(config(tiny, run="train-kl", steps=6, eval_every=2))
+    history = torch.load(Path(result["run_dir"]) / "latest.pt", weights_only=True)["history"]
+    assert len(seen) == 6 and [h["step"] for h in history] == [2, 4, 6]
+    for i, h in enumerate(history):
+        assert h["train_kl"] == pytest.approx(np.mean(seen[2 * i : 2 * i + 2]), rel=1e-5)
+    assert result["train_kl"] == history[-1]["train_kl"]
 
 
 def test_kl_only_students_train_and_lower_the_kl(tiny) -> None:

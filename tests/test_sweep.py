@@ -94,6 +94,7 @@ def test_sweep_writes_a_row_per_run_and_never_repeats_one(tiny, tmp_path, monkey
         )
         assert r["best_kl"] == best["metrics"]["kl"] == min(h["metrics"]["kl"] for h in latest["history"])
         assert r["best_grad_cosine"] == best["metrics"]["grad_cosine"] and "grad_rel_l2" in best["metrics"]
+        assert r["final_train_kl"] == latest["history"][-1]["train_kl"] > 0
         assert r["wall_s"] > 0 and r["resumed_from_step"] == 0 and r["hardware"] == hardware_description()
         assert "score_mean" not in r
     assert "running" in capsys.readouterr().out

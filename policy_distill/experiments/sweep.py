@@ -706,6 +706,7 @@ def _run_cell(cfg: SweepConfig, key: tuple[Any, ...], label: str, hardware: str)
         **cell,
         **{f"final_{m}": result[f"test_{m}"] for m in METRICS},
         **{f"best_{m}": best["metrics"][m] for m in METRICS},
+        "final_train_kl": result.get("train_kl"),
         "best_step": best["step"],
         "wall_s": seconds,
         "resumed_from_step": resumed_from,

@@ -387,7 +387,9 @@ class Runner:
         latest = safe_torch_load(latest_path, what="student checkpoint")
         row = {
             **dict(zip(KEY_FIELDS, key)),
-            "history": [{"step": h["step"], **h["metrics"]} for h in latest["history"]],
+            "history": [
+                {"step": h["step"], **h["metrics"], "train_kl": h.get("train_kl")} for h in latest["history"]
+            ],
             "diverged": diverged,
             "run_dir": str(run_cfg.run_dir),
             "train_frames": latest["dataset"]["train_frames"],
