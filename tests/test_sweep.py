@@ -14,6 +14,7 @@ import torch
 
 import policy_distill.distill as distill_module
 from policy_distill.checkpoint import hardware_description
+from policy_distill.dataset import load_dataset
 from policy_distill.errors import UserError
 from policy_distill.experiments.report import (
     ReportConfig,
@@ -95,6 +96,10 @@ def test_sweep_writes_a_row_per_run_and_never_repeats_one(tiny, tmp_path, monkey
         assert r["best_kl"] == best["metrics"]["kl"] == min(h["metrics"]["kl"] for h in latest["history"])
         assert r["best_grad_cosine"] == best["metrics"]["grad_cosine"] and "grad_rel_l2" in best["metrics"]
         assert r["final_train_kl"] == latest["history"][-1]["train_kl"] > 0
+        ds = load_dataset(tiny / "data")
+        logp = ds.log_probs[: r["train_frames"]].astype(np.float64)
+        assert r["teacher_entropy_train"] == pytest.approx(-(np.exp(logp) * logp).sum(1).mean())
+        assert 0 < r["teacher_entropy_test"] <= math.log(6)
         assert r["wall_s"] > 0 and r["resumed_from_step"] == 0 and r["hardware"] == hardware_description()
         assert "score_mean" not in r
     assert "running" in capsys.readouterr().out
@@ -354,6 +359,8 @@ def synthetic_rows(sobolev_shift: float) -> list[dict]:
                         **{f"{w}_kl": err / 10 + shift / 10 for w in ("final", "best")},
                         **{f"{w}_grad_cosine": 0.5 - shift for w in ("final", "best")},
                         **{f"{w}_grad_rel_l2": 0.9 + shift for w in ("final", "best")},
+                        "final_train_kl": err / 20,
+                        "teacher_entropy_train": 0.25 + fraction,
                         "wall_s": 60.0 * (2 if method == "sobolev" else 1),
                         "resumed_from_step": 0,
                         "hardware": "CPU only, 2 cores (test)",
@@ -421,6 +428,13 @@ def test_report_writes_page_and_figures_with_intervals(tmp_path) -> None:
     assert "9.5 ± 6.9 std (20 games)" in page  # the teacher's score
     assert "6 ± 2.5 (3 seeds x 10 games)" in page  # students' scores 5, 6, 7 over seeds
     assert "python -m policy_distill reproduce --games pong --fractions 0.1,0.5,0.8" in page
+    # Verdicts per fraction: at 0.5 every seed of Sobolev is 0.2 lower (intervals apart), at 0.1
+    # the spread of the seeds makes the intervals overlap; breakout has a single seed.
+    assert "| 0.5 | KL: **closer**; action error: **closer** | waiting |" in page
+    assert "| 0.1 | KL: overlap; action error: overlap | KL: one seed; action error: one seed |" in page
+    assert result["verdicts"]["pong"]["0.5"] == {"kl": "closer", "action_error": "closer"}
+    # The explanations: entropy, training against held-out KL (KL only at 0.5: 0.01 vs 0.02).
+    assert "| 0.5 | 0.750 | 0.0100 / 0.0200 (2.0x) | 0.0100 / 0.0000 (0.0x) | 1 |" in page
 
 
 def test_claim_sentences_follow_the_numbers(tmp_path) -> None:

@@ -303,6 +303,69 @@ def _verdict(game: str, found: dict[str, Any]) -> str:
     )
 
 
+def cell_verdict(summary: Summary, game: str, fraction: float, metric: str) -> str | None:
+    """Sobolev against KL only at one cell, lower being closer to the teacher: ``closer`` or
+    ``further`` where the 95% intervals lie apart, ``overlap`` where they do not, ``one seed``
+    where a side has no interval; None where a side has no runs."""
+    kl, sob = (summary.cell(game, m, fraction, metric) for m in METHODS)
+    if kl is None or sob is None:
+        return None
+    if kl.half_width is None or sob.half_width is None:
+        return "one seed"
+    if sob.high < kl.low:
+        return "closer"
+    if sob.low > kl.high:
+        return "further"
+    return "overlap"
+
+
+def _verdict_table(summary: Summary, games: Sequence[str]) -> list[str]:
+    """Fractions x games: where Sobolev students are closer to the teacher than KL-only ones."""
+    fractions = sorted({f for g in games for f in summary.fractions(g)})
+    lines = ["| fraction | " + " | ".join(games) + " |", "|---:|" + "---|" * len(games)]
+    for f in fractions:
+        cells = []
+        for game in games:
+            parts = [
+                f"{SHORT_LABELS[m]}: **{v}**" if v in ("closer", "further") else f"{SHORT_LABELS[m]}: {v}"
+                for m in ("kl", "action_error")
+                for v in [cell_verdict(summary, game, f, m)]
+                if v is not None
+            ]
+            cells.append("; ".join(parts) or "waiting")
+        lines.append(f"| {f:g} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _mean_of(runs: Sequence[dict[str, Any]], field: str) -> float | None:
+    values = [r[field] for r in runs if r.get(field) is not None]
+    return float(np.mean(values)) if values else None
+
+
+def _explanation_table(summary: Summary, game: str) -> list[str]:
+    """Per fraction: the teacher's entropy on the training part, each method's training KL
+    against its held-out KL (memorising shows as a large ratio), and Sobolev's alpha."""
+    lines = [
+        "| fraction | teacher entropy (train part, nats) | KL only: training KL / held-out KL | "
+        "Sobolev: training KL / held-out KL | Sobolev alpha |",
+        "|---:|---:|---:|---:|---:|",
+    ]
+    for f in summary.fractions(game):
+        runs = {m: summary.runs(game, m, f) for m in METHODS}
+        entropy = _mean_of(runs["kl"] + runs["sobolev"], "teacher_entropy_train")
+        cells = [f"{entropy:.3f}" if entropy is not None else "n/a"]
+        for m in METHODS:
+            train, held = _mean_of(runs[m], "final_train_kl"), _mean_of(runs[m], f"{summary.which}_kl")
+            if train is None or held is None or train <= 0:
+                cells.append("n/a")
+            else:
+                cells.append(f"{train:.4f} / {held:.4f} ({held / train:.1f}x)")
+        alphas = sorted({r["alpha"] for r in runs["sobolev"]})
+        cells.append(", ".join(f"{a:g}" for a in alphas) or "n/a")
+        lines.append(f"| {f:g} | " + " | ".join(cells) + " |")
+    return lines
+
+
 # --- Figures ---------------------------------------------------------------------------------
 
 
@@ -622,6 +685,29 @@ def write_page(summary: Summary, cfg: ReportConfig, fractions: Sequence[float], 
             lines += [f"- {s}" for s in claim_sentences(summary, game)]
     if not summary.students:
         lines.append("Nothing to judge yet: no runs.")
+    judged = [g for g in summary.games if summary.fractions(g)]
+    if judged:
+        lines += [
+            "",
+            "### Verdict per game and fraction",
+            "",
+            "Sobolev students against KL-only ones on held-out KL and action error: **closer** or "
+            "**further** where the 95% intervals lie apart, overlap where they do not (no resolved "
+            "difference).",
+            "",
+            *_verdict_table(summary, judged),
+            "",
+            "### What could explain it",
+            "",
+            "Measured beside each run: the teacher's mean policy entropy on the training part (a "
+            "near-deterministic teacher leaves the KL little beyond its argmax to teach), each "
+            "student's training KL (mean batch KL over its last evaluation interval) against its "
+            "held-out KL (a large ratio: it memorised its frames, which a regulariser can help), "
+            "and the Sobolev weight alpha. n/a: rows written before these were recorded.",
+            "",
+        ]
+        for game in judged:
+            lines += [f"**{game}**", "", *_explanation_table(summary, game), ""]
     discussion = cfg.discussion_path()
     if discussion.is_file():
         lines += ["", "## Discussion", "", f"Hand-written, from `{discussion}`.", ""]
@@ -668,6 +754,13 @@ def make_report(cfg: ReportConfig) -> dict[str, Any]:
     page = write_page(summary, cfg, fractions, seeds)
     atomic_write_bytes(out / "README.md", page.encode())
     verdicts = {g: claims(summary, g) for g in summary.games if summary.fractions(g)}
+    per_fraction = {
+        g: {
+            f"{f:g}": {m: cell_verdict(summary, g, f, m) for m in ("kl", "action_error")}
+            for f in summary.fractions(g)
+        }
+        for g in verdicts
+    }
     print(f"wrote {out / 'README.md'}, figure4.png, gradient_fidelity.png ({len(summary.students)} runs)")
     return {
         "page": str(out / "README.md"),
@@ -676,4 +769,5 @@ def make_report(cfg: ReportConfig) -> dict[str, Any]:
         "teacher_rows": len(summary.teachers),
         "excluded_rows": summary.excluded,
         "claims": verdicts,
+        "verdicts": per_fraction,
     }

@@ -703,6 +703,7 @@ def _run_cell(cfg: SweepConfig, key: tuple[Any, ...], label: str, hardware: str)
     seconds = time.perf_counter() - started
     best = _best_record(result["best_checkpoint"])
     return {
+        **_teacher_entropies(run_cfg.data, fraction),
         **cell,
         **{f"final_{m}": result[f"test_{m}"] for m in METRICS},
         **{f"best_{m}": best["metrics"][m] for m in METRICS},
@@ -727,6 +728,25 @@ def _run_cell(cfg: SweepConfig, key: tuple[Any, ...], label: str, hardware: str)
         "fidelity_frames": cfg.fidelity_frames,
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+
+
+def _teacher_entropies(data: str, fraction: float) -> dict[str, float]:
+    """Mean entropy (nats) of the teacher's recorded policy over a cell's training and test
+    parts: a teacher that is nearly deterministic leaves little for the KL to teach beyond the
+    argmax, one explanation the report tests."""
+    import numpy as np
+
+    from policy_distill.dataset import load_dataset
+
+    dataset = load_dataset(data)
+    split = dataset.split(fraction)
+
+    def entropy(idx: np.ndarray) -> float:
+        logp = np.asarray(dataset.log_probs[idx], dtype=np.float64)  # [N, A]
+        p = np.exp(logp)
+        return float(-np.where(p > 0, p * logp, 0.0).sum(1).mean())  # 0 log 0 = 0
+
+    return {"teacher_entropy_train": entropy(split.train), "teacher_entropy_test": entropy(split.test)}
 
 
 def _score_teacher(
