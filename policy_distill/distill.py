@@ -58,7 +58,15 @@ from policy_distill.devices import (
     resolve_precision,
 )
 from policy_distill.distributed import World
-from policy_distill.errors import MAX_TORCH_SEED, UserError, at_least, check_fields, one_of, within
+from policy_distill.errors import (
+    MAX_TORCH_SEED,
+    NonFiniteLoss,
+    UserError,
+    at_least,
+    check_fields,
+    one_of,
+    within,
+)
 from policy_distill.losses import (
     FD_EPSILON,
     SOBOLEV_ESTIMATORS,
@@ -734,9 +742,9 @@ def _distill(cfg: DistillConfig, *, progress: bool, world: World | None = None) 
         if not torch.isfinite(loss.total):  # under torchrun the global batch's loss: every rank stops
             bar.close()
             if writer is None:
-                raise UserError(f"rank {world.rank if world else 0} stopped: non-finite loss; see rank 0")
+                raise NonFiniteLoss(f"rank {world.rank if world else 0} stopped: non-finite loss; see rank 0")
             writer.close()
-            raise UserError(_non_finite_message(cfg, loss, teacher_logp, state, step_at_start, run_dir))
+            raise NonFiniteLoss(_non_finite_message(cfg, loss, teacher_logp, state, step_at_start, run_dir))
         state.step += 1
         window_steps += 1
         train_kl_sum += loss.kl.detach().float()

@@ -18,6 +18,14 @@ class UserError(Exception):
     """
 
 
+class NonFiniteLoss(UserError):
+    """A training run stopped on a NaN or infinite loss (its last checkpoint is kept).
+
+    Its own type, so that a search (``policy_distill tune``) can record the run as diverged and
+    go on, where any other UserError stops it.
+    """
+
+
 class ConfigError(UserError):
     """Invalid values of a config dataclass, named in field terms (``learning_rate``).
 

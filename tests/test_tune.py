@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 
 from policy_distill.dataset import load_dataset
-from policy_distill.errors import UserError
-from policy_distill.experiments.sweep import cell_key, load_hparams
+from policy_distill.errors import NonFiniteLoss, UserError
+from policy_distill.experiments.sweep import append_row, cell_key, load_hparams
 from policy_distill.experiments.tune import (
+    KEY_FIELDS,
     Choice,
     Setting,
     TuneConfig,
@@ -84,7 +85,7 @@ def test_hparams_entry_reproduces_every_choice_per_method_and_grid_fraction(tmp_
         0.05: _choice(0.05, 5e-4, 0.1, "vjp", (1500, 2500)),
         0.8: _choice(0.8, 1e-3, 0.01, "fd", (4000, 6000)),
     }
-    entry = hparams_entry(cfg, choices)
+    entry = hparams_entry(cfg, choices, "fp32")
     assert "NOT converged at 6000" in entry["chosen_by"] and "0.05, 0.8" in entry["chosen_by"]
     path = tmp_path / "h.json"
     path.write_text(json.dumps({"breakout": entry}))
@@ -101,7 +102,7 @@ def test_hparams_entry_reproduces_every_choice_per_method_and_grid_fraction(tmp_
         assert (key[4], key[5], key[6]) == (c.sobolev.learning_rate, c.sobolev.alpha, c.budgets["sobolev"])
     # Only what differs from the base gets an override: Sobolev's own learning rate, the same at
     # every tuned fraction, is one override for all fractions.
-    same = hparams_entry(cfg, {f: _choice(f, 1e-3, 0.01, "vjp", (3000, 3000)) for f in (0.05, 0.8)})
+    same = hparams_entry(cfg, {f: _choice(f, 1e-3, 0.01, "vjp", (3000, 3000)) for f in (0.05, 0.8)}, "fp32")
     assert [{k: v for k, v in o.items() if k != "why"} for o in same["overrides"]] == [
         {"methods": ["sobolev"], "learning_rate": 5e-4}
     ]
@@ -193,12 +194,57 @@ def test_tune_runs_the_walk_once_and_writes_its_page_and_entry(tiny, tmp_path, c
     again = tune(cfg)
     assert again["ran"] == 0 and len(read_rows(tmp_path / "pong.jsonl")) == len(rows)
     assert again["entry"] == first["entry"]
-    assert "run(s)" not in capsys.readouterr().err
+    assert "done: lowest validation KL" in capsys.readouterr().out
+
+
+def test_a_diverged_run_is_recorded_and_the_walk_goes_on(tiny, tmp_path, monkeypatch) -> None:
+    import policy_distill.distill as distill_module
+
+    real = distill_module.distill
+
+    def diverging_at_2e3(cfg):
+        if cfg.learning_rate == 2e-3:  # as a NaN loss at the first step: no checkpoint
+            raise NonFiniteLoss("loss became nan at step 1; no checkpoint was written; lower `learning_rate`")
+        return real(cfg)
+
+    monkeypatch.setattr(distill_module, "distill", diverging_at_2e3)
+    cfg = tune_config(tiny, tmp_path, learning_rates="5e-4,1e-3,2e-3", estimators="vjp")
+    result = tune(cfg)
+    diverged = [r for r in read_rows(tmp_path / "pong.jsonl") if r["diverged"]]
+    assert diverged and all(r["learning_rate"] == 2e-3 and r["history"] == [] for r in diverged)
+    assert result["finished_fractions"] == [0.6]
+    assert result["entry"]["learning_rate"] in (5e-4, 1e-3)
+    assert "| kl-lr0.002 | 2 | diverged |" in (tmp_path / "pong.md").read_text()
+    # A ladder on which everything diverges is an error that names the ladder, not a choice.
+    with pytest.raises(UserError, match="every value of `learning_rates` tried for kl-lr0.002 .* diverged"):
+        tune(
+            tune_config(
+                tiny, tmp_path / "all", learning_rates="2e-3", start_learning_rate=2e-3, estimators="vjp"
+            )
+        )
+
+
+def test_a_row_holds_only_its_own_steps_of_a_directory_run_further(tiny, tmp_path) -> None:
+    tune(tune_config(tiny, tmp_path, steps=4, budget_steps=4))  # directories run to step 4
+    tune(tune_config(tiny, tmp_path, steps=2, budget_steps=4, results=str(tmp_path / "short.jsonl")))
+    short = read_rows(tmp_path / "short.jsonl")
+    assert short and all(r["history"][-1]["step"] == r["steps"] for r in short)
+    assert {r["steps"] for r in short} >= {2}
+
+
+def test_rows_of_another_teacher_are_refused(tiny, tmp_path) -> None:
+    cfg = tune_config(tiny, tmp_path)
+    row = {k: None for k in KEY_FIELDS}
+    row.update(game="pong", validation_fraction=0.1, seed=0, precision="fp32", batch_size=16, eval_every=2,
+               eval_frames=64, fidelity_frames=4, teacher_sha256="0" * 64)  # fmt: skip
+    append_row(tmp_path / "pong.jsonl", row)
+    with pytest.raises(UserError, match="runs of another teacher or recording"):
+        tune(cfg)
 
 
 def test_tune_refuses_to_write_an_entry_before_every_fraction_is_done(tiny, tmp_path) -> None:
     cfg = tune_config(tiny, tmp_path, fractions="0.3,0.6", report_only=True, write_hparams=True)
-    with pytest.raises(UserError, match="not every tuned fraction of pong is finished"):
+    with pytest.raises(UserError, match=r"search of pong is not finished at fraction\(s\) 0.3, 0.6"):
         tune(cfg)
     assert "not finished: run the tune command again" in (tmp_path / "pong.md").read_text()
     assert not (tmp_path / "hparams.json").exists() and not (tmp_path / "runs").exists()

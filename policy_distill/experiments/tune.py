@@ -37,6 +37,7 @@ fraction's, the entry gets an override (:class:`.sweep.Override`).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import time
@@ -47,7 +48,7 @@ from typing import Any
 
 from policy_distill.checkpoint import atomic_write_bytes, hardware_description
 from policy_distill.distill import TUNED_ALPHA, TrainingSchedule
-from policy_distill.errors import UserError, at_least, check_fields, one_of, within
+from policy_distill.errors import NonFiniteLoss, UserError, at_least, check_fields, one_of, within
 from policy_distill.losses import SOBOLEV_ESTIMATORS
 from policy_distill.settings import PRECISION_CHOICES, game_info
 
@@ -64,6 +65,10 @@ KEY_FIELDS = (
     "steps",
     "seed",
     "precision",
+    "batch_size",
+    "eval_every",
+    "eval_frames",
+    "fidelity_frames",
 )
 """A tuning row's identity: a run with a row under this key is never run again."""
 
@@ -254,40 +259,65 @@ class Choice:
 
 def choose(cfg: TuneConfig, fraction: float, lookup: Callable[[Setting, int], dict[str, Any]]) -> Choice:
     """The walk of the module docstring at one fraction. ``lookup(setting, steps)`` returns the
-    run's row (running it, or reading it: :class:`NotRun` where it has none)."""
+    run's row (running it, or reading it: :class:`NotRun` where it has none).
+
+    Raises:
+        UserError: every value of a ladder diverged (the fix: lower values on it).
+    """
 
     def score(setting: Setting) -> float:
         return _score(lookup(setting, cfg.steps))
 
+    def walk(ladder: list[float], start: float, make: Callable[[float], Setting], flag: str) -> Setting:
+        chosen = make(ladder_search(ladder, start, lambda v: score(make(v))))
+        if math.isinf(score(chosen)):
+            raise UserError(
+                f"every value of `{flag}` tried for {chosen.label()} at fraction {fraction:g} diverged; "
+                f"add lower values to `{flag}`"
+            )
+        return chosen
+
     lrs, alphas = cfg.lr_ladder(), cfg.alpha_ladder()
-    kl_lr = ladder_search(lrs, cfg.start_learning_rate, lambda lr: score(Setting("kl", lr)))
-    alpha = ladder_search(alphas, TUNED_ALPHA["vjp"], lambda a: score(Setting("sobolev", kl_lr, a)))
-    sob_lr = ladder_search(lrs, kl_lr, lambda lr: score(Setting("sobolev", lr, alpha)))
-    best = Setting("sobolev", sob_lr, alpha)
+    kl = walk(lrs, cfg.start_learning_rate, lambda lr: Setting("kl", lr), "learning_rates")
+    alpha = walk(
+        alphas, TUNED_ALPHA["vjp"], lambda a: Setting("sobolev", kl.learning_rate, a), "alphas"
+    ).alpha
+    best = walk(lrs, kl.learning_rate, lambda lr: Setting("sobolev", lr, alpha), "learning_rates")
+    sobolev_lr = best.learning_rate
     for estimator in cfg.estimator_list()[1:]:
-        a = ladder_search(
-            alphas, TUNED_ALPHA[estimator], lambda a, e=estimator: score(Setting("sobolev", sob_lr, a, e))
+        candidate = walk(
+            alphas,
+            TUNED_ALPHA[estimator],
+            lambda a, e=estimator: Setting("sobolev", sobolev_lr, a, e),
+            "alphas",
         )
-        candidate = Setting("sobolev", sob_lr, a, estimator)
         if score(candidate) < score(best):
             best = candidate
-    winners = {"kl": Setting("kl", kl_lr), "sobolev": best}
+    winners = {"kl": kl, "sobolev": best}
     budgets, converged, budget_runs = {}, {}, {}
     for method, setting in winners.items():
-        history = [(h["step"], h["kl"]) for h in lookup(setting, cfg.steps)["history"]]
+        run_steps, history = cfg.steps, _curve(lookup(setting, cfg.steps))
         budget = plateau_step(history, cfg.plateau_tolerance)
-        if sum(step > budget for step, _ in history) < CONFIRMING_EVALUATIONS:  # not seen to level off
-            history = [(h["step"], h["kl"]) for h in lookup(setting, cfg.budget_steps)["history"]]
-            budget = plateau_step(history, cfg.plateau_tolerance)
+        levelled_off = sum(step > budget for step, _ in history) >= CONFIRMING_EVALUATIONS
+        if not levelled_off and cfg.budget_steps > cfg.steps:
+            continued = lookup(setting, cfg.budget_steps)
+            if not continued.get("diverged"):  # a continuation that diverged leaves the search's budget
+                run_steps, history = cfg.budget_steps, _curve(continued)
+                budget = plateau_step(history, cfg.plateau_tolerance)
         budgets[method] = budget
         converged[method] = budget < history[-1][0]
-        budget_runs[method] = history[-1][0]
-    return Choice(fraction, winners["kl"], winners["sobolev"], budgets, converged, budget_runs)
+        budget_runs[method] = run_steps
+    return Choice(fraction, kl, best, budgets, converged, budget_runs)
+
+
+def _curve(row: dict[str, Any]) -> list[tuple[int, float]]:
+    """``[(step, validation KL), ...]`` of a run, in step order."""
+    return [(h["step"], h["kl"]) for h in row["history"]]
 
 
 def _score(row: dict[str, Any]) -> float:
     """A run's lowest validation KL over its evaluations (inf where it diverged)."""
-    if row.get("diverged"):
+    if row.get("diverged") or not row["history"]:
         return math.inf
     return min(h["kl"] for h in row["history"])
 
@@ -311,21 +341,54 @@ def _key(cfg: TuneConfig, fraction: float, setting: Setting, steps: int, precisi
         steps,
         cfg.seed,
         precision,
+        cfg.batch_size,
+        cfg.eval_every,
+        cfg.eval_frames,
+        cfg.fidelity_frames,
     )
 
 
 class Runner:
-    """``lookup`` for :func:`choose`: a row from the table, else a distill run (its row appended)."""
+    """``lookup`` for :func:`choose`: a row from the table, else a distill run (its row appended).
+
+    Holds the rows of this search only (same game, validation fraction, seed, precision and
+    schedule); rows of another teacher or recording are refused, never mixed in.
+    """
 
     def __init__(self, cfg: TuneConfig, *, run: bool) -> None:
+        from agents.loading import load_teacher
         from policy_distill.devices import pick_device, resolve_precision
 
         self.cfg = cfg
         self.run = run
         self.precision = resolve_precision(cfg.precision, pick_device(cfg.device))
         self.results = cfg.path(cfg.results)
-        self.rows = {row_key(r): r for r in read_rows(self.results)}
+        mine = {
+            "game": cfg.game,
+            "validation_fraction": cfg.validation_fraction,
+            "seed": cfg.seed,
+            "precision": self.precision,
+            **{k: getattr(cfg, k) for k in ("batch_size", "eval_every", "eval_frames", "fidelity_frames")},
+        }
+        self.rows = {
+            row_key(r): r for r in read_rows(self.results) if all(r.get(k) == v for k, v in mine.items())
+        }
+        self.teacher_sha256 = load_teacher(cfg.teacher or cfg.game, game=cfg.game).source.sha256
+        self._check_provenance()
         self.ran = 0
+
+    def _check_provenance(self) -> None:
+        meta = self.cfg.path(self.cfg.data) / "meta.json"
+        dataset_sha = json.loads(meta.read_text()).get("content_sha256") if meta.is_file() else None
+        for row in self.rows.values():
+            if row.get("teacher_sha256") != self.teacher_sha256 or (
+                dataset_sha and row.get("dataset_sha256") != dataset_sha
+            ):
+                raise UserError(
+                    f"{self.results} holds {self.cfg.game} runs of another teacher or recording than "
+                    f"{self.cfg.teacher or self.cfg.game} and {meta.parent}; "
+                    "pass a new `results` and `runs_dir`"
+                )
 
     def lookup_at(self, fraction: float) -> Callable[[Setting, int], dict[str, Any]]:
         return lambda setting, steps: self.lookup(fraction, setting, steps)
@@ -342,7 +405,24 @@ class Runner:
         self.ran += 1
         return row
 
+    def run_name(self, fraction: float, setting: Setting) -> str:
+        """One directory per setting of this search (the search and continued runs share it)."""
+        cfg = self.cfg
+        schedule = {
+            f.name: getattr(cfg, f.name) for f in dataclasses.fields(TrainingSchedule) if f.name != "device"
+        }
+        default = {k: v for k, v in dataclasses.asdict(TrainingSchedule()).items() if k != "device"}
+        tag = (
+            ""
+            if schedule == default
+            else "-" + hashlib.sha256(json.dumps(schedule, sort_keys=True).encode()).hexdigest()[:8]
+        )
+        name = f"frac{fraction:g}-val{cfg.validation_fraction:g}-{setting.label()}-seed{cfg.seed}"
+        return f"{name}-{self.precision}{tag}"
+
     def _distill(self, fraction: float, setting: Setting, steps: int, key: tuple[Any, ...]) -> dict[str, Any]:
+        from policy_distill.checkpoint import safe_torch_load
+        from policy_distill.dataset import load_dataset
         from policy_distill.devices import cpu_capability
         from policy_distill.distill import DistillConfig, distill
 
@@ -350,7 +430,7 @@ class Runner:
         run_cfg = DistillConfig(
             game=cfg.game,
             teacher=cfg.teacher,
-            data=cfg.data.replace("{game}", cfg.game),
+            data=str(cfg.path(cfg.data)),
             train_fraction=fraction,
             validation_fraction=cfg.validation_fraction,
             validation_boundary="previous",
@@ -360,7 +440,7 @@ class Runner:
             sobolev_estimator=setting.sobolev_estimator,
             seed=cfg.seed,
             precision=self.precision,
-            run=f"frac{fraction:g}-{setting.label()}-seed{cfg.seed}-{self.precision}",
+            run=self.run_name(fraction, setting),
             runs_dir=cfg.runs_dir,
             **{f.name: getattr(cfg, f.name) for f in dataclasses.fields(TrainingSchedule)},
         )
@@ -370,40 +450,40 @@ class Runner:
         )
         started = time.perf_counter()
         try:
-            result = distill(run_cfg)
+            distill(run_cfg)
             diverged = False
-        except UserError as e:
-            if "non-finite loss" not in str(e):
-                raise
-            result, diverged = None, True
-        from policy_distill.checkpoint import safe_torch_load
-
+        except NonFiniteLoss as e:
+            print(f"  diverged: {e}", flush=True)
+            diverged = True
         latest_path = run_cfg.run_dir / "latest.pt"
-        if not latest_path.is_file():  # diverged before its first evaluation
-            raise UserError(
-                f"{setting.label()} at fraction {fraction:g} diverged before its first evaluation "
-                f"({run_cfg.run_dir}); lower the ladder's largest value or raise eval_every's frequency"
-            )
-        latest = safe_torch_load(latest_path, what="student checkpoint")
+        # Evaluations up to this row's steps only: a directory continued further by an earlier
+        # search (with a larger budget) holds more.
+        history = (
+            [
+                h
+                for h in safe_torch_load(latest_path, what="student checkpoint")["history"]
+                if h["step"] <= steps
+            ]
+            if latest_path.is_file()
+            else []
+        )
+        dataset = load_dataset(run_cfg.data)
+        split = dataset.split(fraction, cfg.validation_fraction, "previous")
         row = {
             **dict(zip(KEY_FIELDS, key)),
-            "history": [
-                {"step": h["step"], **h["metrics"], "train_kl": h.get("train_kl")} for h in latest["history"]
-            ],
+            "history": [{"step": h["step"], **h["metrics"], "train_kl": h.get("train_kl")} for h in history],
             "diverged": diverged,
             "run_dir": str(run_cfg.run_dir),
-            "train_frames": latest["dataset"]["train_frames"],
-            "validation_frames": latest["dataset"]["test_frames"],
-            "teacher_sha256": latest["teacher"]["sha256"],
-            "dataset_sha256": latest["dataset"].get("content_sha256"),
+            "train_frames": len(split.train),
+            "validation_frames": len(split.test),
+            "teacher_sha256": self.teacher_sha256,
+            "dataset_sha256": dataset.meta.get("content_sha256"),
             "wall_s": time.perf_counter() - started,
             "hardware": hardware_description(),
             "cpu_capability": cpu_capability(),
-            "batch_size": cfg.batch_size,
-            "eval_every": cfg.eval_every,
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
-        if result is not None:
+        if not diverged:
             print(f"  done: lowest validation KL {_score(row):.4f} ({row['wall_s']:.0f} s)", flush=True)
         return row
 
@@ -425,17 +505,18 @@ def tune(cfg: TuneConfig) -> dict[str, Any]:
             choices[fraction] = choose(cfg, fraction, reader.lookup_at(fraction))
         except NotRun:
             choices[fraction] = None
-    entry = hparams_entry(cfg, {f: c for f, c in choices.items() if c is not None})
+    entry = hparams_entry(cfg, {f: c for f, c in choices.items() if c is not None}, reader.precision)
     page = render_page(cfg, reader, choices, entry)
     out = cfg.path(cfg.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out, page.encode())
     wrote_hparams = False
     if cfg.write_hparams:
-        if entry is None or any(c is None for c in choices.values()):
+        unfinished = [f"{f:g}" for f, c in choices.items() if c is None]
+        if entry is None or unfinished:
             raise UserError(
-                f"not every tuned fraction of {cfg.game} is finished; run tune for the rest before "
-                "--write-hparams"
+                f"the search of {cfg.game} is not finished at fraction(s) {', '.join(unfinished)}; run "
+                "tune for them (without report_only) before write_hparams"
             )
         _write_entry(Path(cfg.hparams), cfg.game, entry)
         wrote_hparams = True
@@ -462,7 +543,7 @@ def _nearest(fraction: float, tuned: Sequence[float]) -> float:
     return min(tuned, key=lambda t: abs(math.log(fraction / t)))
 
 
-def hparams_entry(cfg: TuneConfig, choices: dict[float, Choice]) -> dict[str, Any] | None:
+def hparams_entry(cfg: TuneConfig, choices: dict[float, Choice], precision: str) -> dict[str, Any] | None:
     """The game's hparams.json entry: the largest tuned fraction's values as the base, an
     override per method and group of grid fractions whose tuned fraction chose otherwise."""
     if not choices:
@@ -474,7 +555,7 @@ def hparams_entry(cfg: TuneConfig, choices: dict[float, Choice]) -> dict[str, An
         "learning_rate": kl.learning_rate,
         "alpha": sob.alpha,
         "steps": base_choice.budgets["kl"],
-        "precision": cfg.precision,
+        "precision": precision,
         "sobolev_estimator": sob.sobolev_estimator,
     }
 
@@ -512,7 +593,7 @@ def hparams_entry(cfg: TuneConfig, choices: dict[float, Choice]) -> dict[str, An
     chosen_by = (
         f"policy_distill tune (validation split: the last {cfg.validation_fraction:g} of each tuned "
         f"fraction's training part, from the episode start before the cut; never the test part), "
-        f"tuned at fractions {', '.join(f'{f:g}' for f in tuned)}, seed {cfg.seed}, {cfg.precision}: "
+        f"tuned at fractions {', '.join(f'{f:g}' for f in tuned)}, seed {cfg.seed}, {precision}: "
         f"learning rate, alpha and estimator by the lowest validation KL of {cfg.steps}-step runs, "
         f"steps by where validation KL stops improving (within {cfg.plateau_tolerance:g}) in runs "
         f"continued to {cfg.budget_steps} ({'; '.join(converged)}). Runs and walk: "
@@ -522,12 +603,24 @@ def hparams_entry(cfg: TuneConfig, choices: dict[float, Choice]) -> dict[str, An
 
 
 def _write_entry(path: Path, game: str, entry: dict[str, Any]) -> None:
+    """Replace the game's entry in the hyperparameter file, checked before the file is touched."""
+    import tempfile
+
     from policy_distill.experiments.sweep import load_hparams
 
-    raw = json.loads(path.read_text()) if path.is_file() else {}
+    try:
+        raw = json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, json.JSONDecodeError) as e:
+        raise UserError(
+            f"hyperparameter file {path} is not readable JSON ({e}); fix it or pass another `hparams`"
+        ) from None
     raw[game] = entry
-    atomic_write_bytes(path, (json.dumps(raw, indent=2) + "\n").encode())
-    load_hparams(path)  # what was written reads back
+    text = json.dumps(raw, indent=2) + "\n"
+    with tempfile.TemporaryDirectory() as scratch:
+        check = Path(scratch) / "hparams.json"
+        check.write_text(text)
+        load_hparams(check)  # every entry of the new file reads back
+    atomic_write_bytes(path, text.encode())
 
 
 def render_page(
