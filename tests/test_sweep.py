@@ -424,6 +424,7 @@ def test_report_writes_page_and_figures_with_intervals(tmp_path) -> None:
     assert "pong, Sobolev, fraction 0.8: waiting (no seed yet)" in page
     assert "breakout, KL only, fraction 0.1: seeds 1, 2 waiting" in page
     assert "grid over 1e-4..1e-3" in page and "CPU only, 2 cores (test)" in page
+    assert "- pong: teacher `pong` sha256 aaaaaaaaaaaaaaaa..., recording sha256 unknown...: 12" in page
     assert "| CPU only, 2 cores (test) | pong | Sobolev | 6 | 2.0 min |" in page
     assert "9.5 ± 6.9 std (20 games)" in page  # the teacher's score
     assert "6 ± 2.5 (3 seeds x 10 games)" in page  # students' scores 5, 6, 7 over seeds

@@ -550,8 +550,28 @@ def _commands(summary: Summary, cfg: ReportConfig) -> list[str]:
 
 
 def _setup(summary: Summary) -> list[str]:
-    hardware = Counter(r.get("hardware", "unknown") for r in summary.students)
-    lines = ["Hardware (runs):", ""]
+    # Which teacher (and recording) made each game's rows: a figure is traceable to its teacher,
+    # and rows of two teachers can never sit in one table unnoticed.
+    teachers = Counter(
+        (
+            r["game"],
+            r.get("teacher", r["game"]),
+            r.get("teacher_sha256") or "unknown",
+            r.get("dataset_sha256"),
+        )
+        for r in summary.students
+    )
+    lines = ["Teachers and recordings (runs):", ""]
+    lines += [
+        f"- {game}: teacher `{name}` sha256 {sha[:16]}..., "
+        f"recording sha256 {(data or 'unknown')[:16]}...: {n}"
+        for (game, name, sha, data), n in sorted(teachers.items())
+    ] or ["- none yet"]
+    hardware = Counter(
+        f"{r.get('hardware', 'unknown')}" + (f", {r['cpu_capability']}" if r.get("cpu_capability") else "")
+        for r in summary.students
+    )
+    lines += ["", "Hardware (runs):", ""]
     lines += [f"- {hw}: {n}" for hw, n in sorted(hardware.items())] or ["- none yet"]
     lines += [
         "",
