@@ -623,6 +623,10 @@ def _write_entry(path: Path, game: str, entry: dict[str, Any]) -> None:
     atomic_write_bytes(path, text.encode())
 
 
+def _number(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.4f}"
+
+
 def render_page(
     cfg: TuneConfig, reader: Runner, choices: dict[float, Choice | None], entry: dict[str, Any] | None
 ) -> str:
@@ -667,20 +671,21 @@ def render_page(
                 "",
             ]
         lines += [
-            "| run | steps | lowest validation KL (at step) | final validation KL | final action error "
-            "| final gradient cosine | wall time |",
-            "|---|---:|---:|---:|---:|---:|---:|",
+            "| run | steps | lowest validation KL (at step) | final validation KL | final training KL "
+            "| final action error | final gradient cosine | wall time |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for r in here:
             label = Setting(r["method"], r["learning_rate"], r["alpha"], r["sobolev_estimator"]).label()
             if r.get("diverged") or not r["history"]:
-                lines.append(f"| {label} | {r['steps']} | diverged | | | | {r['wall_s'] / 60:.1f} min |")
+                lines.append(f"| {label} | {r['steps']} | diverged | | | | | {r['wall_s'] / 60:.1f} min |")
                 continue
             last = r["history"][-1]
             low = min(r["history"], key=lambda h: h["kl"])
             lines.append(
                 f"| {label} | {r['steps']} | {low['kl']:.4f} ({low['step']}) | {last['kl']:.4f} "
-                f"| {last['action_error']:.4f} | {last['grad_cosine']:.3f} | {r['wall_s'] / 60:.1f} min |"
+                f"| {_number(last.get('train_kl'))} | {last['action_error']:.4f} | {last['grad_cosine']:.3f} "
+                f"| {r['wall_s'] / 60:.1f} min |"
             )
         lines.append("")
         if choice is None:
