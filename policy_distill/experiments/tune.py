@@ -89,8 +89,9 @@ class TuneConfig(TrainingSchedule):
     validation_fraction: float = 0.1
     """Share of each training part's end held out for validation (from the episode start
     before the cut)."""
-    learning_rates: str = "1e-4,2.5e-4,5e-4,1e-3,2e-3"
-    """Ladder of Adam learning rates (the paper searched 1e-5 to 1e-3 per game and method)."""
+    learning_rates: str = "1e-4,2.5e-4,5e-4,1e-3,2e-3,4e-3,8e-3"
+    """Ladder of Adam learning rates (the paper searched 1e-5 to 1e-3 per game and method; the
+    walk goes past 1e-3 only while the larger rate keeps winning)."""
     start_learning_rate: float = 1e-3
     """Where the learning-rate walk starts (a value of the ladder)."""
     alphas: str = "0.0003,0.001,0.003,0.01,0.03,0.1,0.3,1"
@@ -691,8 +692,22 @@ def render_page(
         if choice is None:
             lines += ["The walk at this fraction is not finished: run the tune command again.", ""]
             continue
+        edges = [
+            f"{name} {value:g}"
+            for name, value, ladder in (
+                ("KL-only learning rate", choice.kl.learning_rate, cfg.lr_ladder()),
+                ("Sobolev learning rate", choice.sobolev.learning_rate, cfg.lr_ladder()),
+                ("alpha", choice.sobolev.alpha, cfg.alpha_ladder()),
+            )
+            if len(ladder) > 1 and value in (ladder[0], ladder[-1])
+        ]
         lines += [
-            f"Chosen: KL only `{choice.kl.label()}`, Sobolev `{choice.sobolev.label()}`.",
+            f"Chosen: KL only `{choice.kl.label()}`, Sobolev `{choice.sobolev.label()}`."
+            + (
+                f" At the end of its ladder (a value beyond it might be better): {', '.join(edges)}."
+                if edges
+                else ""
+            ),
             "",
             "| method | step budget | converged | validation KL by step (the run it was read from) |",
             "|---|---:|---|---|",
