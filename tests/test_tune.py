@@ -263,3 +263,19 @@ def test_tune_refuses_to_write_an_entry_before_every_fraction_is_done(tiny, tmp_
 def test_bad_tuning_settings_are_refused(tmp_path, changes: dict, expected: str) -> None:
     with pytest.raises(UserError, match=expected):
         TuneConfig(**changes)
+
+
+def test_the_command_line_reports_bad_flags_in_one_line(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "policy_distill", "tune", "--game", "pong", "--start-learning-rate", "3e-3"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    errors = result.stderr.strip().splitlines()
+    assert len(errors) == 1 and "--start-learning-rate 0.003 is not on the ladder" in errors[0]
