@@ -278,6 +278,29 @@ def test_validation_run_holds_out_part_of_the_training_split(tiny) -> None:
         config(tiny, validation_fraction=0.3, test_data=str(tiny / "data"))
 
 
+def test_previous_boundary_validation_and_a_training_part_inside_one_episode(tiny) -> None:
+    cfg = config(tiny, train_fraction=0.9, validation_fraction=0.3, validation_boundary="previous", steps=2)
+    assert (
+        cfg.run_dir.name == "sobolev-frac0.9-val0.3prev-seed0"
+    )  # its own directory, never resumed as "next"
+    record = load_student(distill(cfg)["best_checkpoint"]).record
+    val = load_dataset(tiny / "data").split(0.9, 0.3, "previous")
+    assert (record["dataset"]["train_frames"], record["dataset"]["test_frames"]) == (
+        len(val.train),
+        len(val.test),
+    )
+    dataset = load_dataset(tiny / "data")
+    inside_first = (dataset.episode_starts[1] - 1) / len(dataset)  # no episode start but sample 0
+    with pytest.raises(
+        UserError, match="holds no episode start before its validation part.*raise train_fraction"
+    ):
+        distill(
+            config(tiny, train_fraction=inside_first, validation_fraction=0.3, validation_boundary="previous")
+        )
+    with pytest.raises(UserError, match="validation_boundary"):
+        config(tiny, validation_boundary="before")
+
+
 @pytest.mark.parametrize("estimator", ["vjp", "jvp", "fd"])
 def test_alpha_defaults_to_the_value_tuned_for_the_estimator(estimator: str) -> None:
     """The estimators' terms differ in scale, so a user who picks one gets its own alpha; an
