@@ -139,6 +139,21 @@ def test_choose_walks_each_stage_and_continues_only_runs_still_improving() -> No
     assert any(s.sobolev_estimator == "fd" for s, _ in asked)
 
 
+def test_a_setting_that_collapses_after_its_best_evaluation_does_not_win() -> None:
+    """Scores are final validation KLs: alpha 0.03 reaches the lowest KL of all mid-run, then
+    collapses; alpha 0.01 ends lower and is chosen."""
+    cfg = TuneConfig(estimators="vjp", steps=1500, budget_steps=1500)
+    curves = {0.003: [0.5, 0.3, 0.25], 0.01: [0.5, 0.2, 0.1], 0.03: [0.5, 0.05, 3.0]}
+
+    def lookup(setting: Setting, steps: int) -> dict:
+        curve = [0.5, 0.3, 0.2] if setting.method == "kl" else curves.get(setting.alpha, [0.6, 0.6, 0.6])
+        if setting.method == "sobolev" and setting.learning_rate != 1e-3:
+            curve = [k + 0.1 for k in curve]
+        return {"history": [{"step": 500 * (i + 1), "kl": kl} for i, kl in enumerate(curve)]}
+
+    assert choose(cfg, 0.05, lookup).sobolev == Setting("sobolev", 1e-3, 0.01)
+
+
 def tune_config(tiny: Path, out: Path, **changes) -> TuneConfig:
     base = dict(
         game="pong",
@@ -194,7 +209,7 @@ def test_tune_runs_the_walk_once_and_writes_its_page_and_entry(tiny, tmp_path, c
     again = tune(cfg)
     assert again["ran"] == 0 and len(read_rows(tmp_path / "pong.jsonl")) == len(rows)
     assert again["entry"] == first["entry"]
-    assert "done: lowest validation KL" in capsys.readouterr().out
+    assert "done: final validation KL" in capsys.readouterr().out
 
 
 def test_a_diverged_run_is_recorded_and_the_walk_goes_on(tiny, tmp_path, monkeypatch) -> None:
