@@ -199,12 +199,15 @@ def test_tune_runs_the_walk_once_and_writes_its_page_and_entry(tiny, tmp_path, c
     for r in budget_runs:
         search = next(s for s in rows if s["run_dir"] == r["run_dir"] and s["steps"] == 2)
         assert r["history"][0] == search["history"][0]
+        # ...and its wall time covers steps 2-4 only, which its row and the page say.
+        assert r["resumed_from_step"] == 2 and search["resumed_from_step"] == 0
 
     hp = load_hparams(tmp_path / "hparams.json")["pong"]
     assert "policy_distill tune" in hp.chosen_by and hp.precision == "fp32"
     page = (tmp_path / "pong.md").read_text()
     assert "Chosen: KL only `kl-lr" in page and '"pong": {' in page
     assert f"{len(rows)} runs" in page
+    assert page.count(" min (steps 2-4) |") == len(budget_runs)
 
     again = tune(cfg)
     assert again["ran"] == 0 and len(read_rows(tmp_path / "pong.jsonl")) == len(rows)

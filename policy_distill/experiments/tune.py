@@ -52,7 +52,7 @@ from policy_distill.errors import NonFiniteLoss, UserError, at_least, check_fiel
 from policy_distill.losses import SOBOLEV_ESTIMATORS
 from policy_distill.settings import PRECISION_CHOICES, game_info
 
-from .sweep import DEFAULT_FRACTIONS, DEFAULT_HPARAMS, append_row, parse_fractions, read_rows
+from .sweep import DEFAULT_FRACTIONS, DEFAULT_HPARAMS, _resume_step, append_row, parse_fractions, read_rows
 
 KEY_FIELDS = (
     "game",
@@ -454,6 +454,9 @@ class Runner:
             f"tune {cfg.game} frac {fraction:g}: {setting.label()} to step {steps} in {run_cfg.run_dir}",
             flush=True,
         )
+        # A run continued from its directory (a budget run, or one a stopped session left) is
+        # timed from there on: its row says so, so that its wall time is not read as the whole.
+        resumed_from = _resume_step(run_cfg.run_dir)
         started = time.perf_counter()
         try:
             distill(run_cfg)
@@ -485,6 +488,7 @@ class Runner:
             "teacher_sha256": self.teacher_sha256,
             "dataset_sha256": dataset.meta.get("content_sha256"),
             "wall_s": time.perf_counter() - started,
+            "resumed_from_step": resumed_from,
             "hardware": hardware_description(),
             "cpu_capability": cpu_capability(),
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -495,6 +499,13 @@ class Runner:
 
 
 # --- The page and the hparams entry ----------------------------------------------------------
+
+
+def _wall_time(row: dict[str, Any]) -> str:
+    """A row's wall time, with the steps it covers when the run resumed part-way."""
+    resumed = row.get("resumed_from_step") or 0
+    span = f" (steps {resumed:,}-{row['steps']:,})" if resumed else ""
+    return f"{row['wall_s'] / 60:.1f} min{span}"
 
 
 def tune(cfg: TuneConfig) -> dict[str, Any]:
@@ -661,9 +672,8 @@ def render_page(
     hardware = sorted({f"{r['hardware']}, {r['cpu_capability']}" for r in rows})
     cpu_s = sum(r["wall_s"] for r in rows)
     lines += [
-        f"{len(rows)} runs, {cpu_s / 3600:.1f} hours of wall time (one process each) on: "
-        + ("; ".join(hardware) or "none yet")
-        + ".",
+        f"{len(rows)} runs, {cpu_s / 3600:.1f} hours of wall time (one process each; a resumed run counts "
+        "from the step it resumed at) on: " + ("; ".join(hardware) or "none yet") + ".",
         "",
     ]
     for fraction, choice in choices.items():
@@ -684,14 +694,14 @@ def render_page(
         for r in here:
             label = Setting(r["method"], r["learning_rate"], r["alpha"], r["sobolev_estimator"]).label()
             if r.get("diverged") or not r["history"]:
-                lines.append(f"| {label} | {r['steps']} | diverged | | | | | {r['wall_s'] / 60:.1f} min |")
+                lines.append(f"| {label} | {r['steps']} | diverged | | | | | {_wall_time(r)} |")
                 continue
             last = r["history"][-1]
             low = min(r["history"], key=lambda h: h["kl"])
             lines.append(
                 f"| {label} | {r['steps']} | {low['kl']:.4f} ({low['step']}) | {last['kl']:.4f} "
                 f"| {_number(last.get('train_kl'))} | {last['action_error']:.4f} | {last['grad_cosine']:.3f} "
-                f"| {r['wall_s'] / 60:.1f} min |"
+                f"| {_wall_time(r)} |"
             )
         lines.append("")
         if choice is None:
