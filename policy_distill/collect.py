@@ -1,10 +1,12 @@
 """Record a teacher playing: ``policy_distill collect`` -> ``data/<game>/``.
 
 The teacher acts by sampling from its policy, as in the paper's protocol (100K agent steps =
-400K emulator frames at action repeat 4). Environments step asynchronously: ``num_envs`` games
-run in C++ threads and each ``recv`` returns the ``batch_size`` that are ready, so the
-emulators of one half step while the teacher computes the other half's actions (one batched
-teacher forward per step).
+400K emulator frames at action repeat 4). ``num_envs`` games run in C++ threads; by default
+each step waits for all of them (one batched teacher forward per step), so a recording is a
+function of its seed and teacher: the same command records the same content (sha256) on any
+run. ``batch_size`` below ``num_envs`` steps asynchronously instead (``recv`` returns the games
+that are ready while the rest step on), whose order, and so the recording, follows thread
+timing; on two cores it was not faster (``benchmarks/collection_throughput.py``).
 
 Storage (see ``data/README.md``): each 84x84 frame is stored once. An episode's frames are laid
 out as ``[f-3, f-2, f-1, f0, f1, ...]`` where the first three are the environment's own initial
@@ -53,8 +55,9 @@ class CollectConfig:
     """Seed for the emulators' no-op starts and the teacher's action sampling."""
     num_envs: int = 16
     """Games run in parallel."""
-    batch_size: int = 8
-    """Games the teacher acts for per step; the rest step meanwhile (async)."""
+    batch_size: int = 0
+    """Games the teacher acts for per step: 0 (default) all of them, which makes the recording
+    reproducible from its seed; fewer, the rest step meanwhile (async, not reproducible)."""
 
     def __post_init__(self) -> None:
         check_fields(
@@ -64,7 +67,7 @@ class CollectConfig:
                 at_least(self, "num_envs", 1),
                 # ale-py seeds game i with seed + i, as a 32-bit signed integer.
                 within(self, "seed", 0, max(MAX_ENV_SEED + 1 - self.num_envs, 0)),
-                within(self, "batch_size", 1, max(self.num_envs, 1)),
+                within(self, "batch_size", 0, max(self.num_envs, 1)),
             ],
         )
 

@@ -129,6 +129,18 @@ def test_dataset_metadata_shapes_and_dtypes_with_shipped_teacher(tmp_path) -> No
     assert ds.episode_starts[0] == 0 and ds.episode_starts[-1] == 300
 
 
+def test_a_recording_is_a_function_of_its_seed(short_settings, make_teacher_file, tmp_path) -> None:
+    # The default steps all games together, so thread timing cannot reorder the teacher's draws:
+    # the same command records the same content, and another seed other content.
+    teacher = load_teacher(make_teacher_file(short_settings))
+    cfg = CollectConfig(frames=300, num_envs=4)
+    first = collect(teacher, cfg, tmp_path / "a", progress=False)
+    again = collect(teacher, cfg, tmp_path / "b", progress=False)
+    other = collect(teacher, CollectConfig(frames=300, num_envs=4, seed=1), tmp_path / "c", progress=False)
+    assert first["collect_config"]["batch_size"] == 0
+    assert first["content_sha256"] == again["content_sha256"] != other["content_sha256"]
+
+
 def test_reuse_same_arguments_and_refuse_different_ones(short_settings, make_teacher_file, tmp_path) -> None:
     teacher = load_teacher(make_teacher_file(short_settings))
     out = tmp_path / "ds"
