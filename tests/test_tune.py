@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from agents.loading import load_teacher
+from policy_distill.collect import CollectConfig, collect
 from policy_distill.dataset import load_dataset
 from policy_distill.errors import NonFiniteLoss, UserError
 from policy_distill.experiments.sweep import append_row, cell_key, load_hparams
@@ -204,6 +206,8 @@ def test_tune_runs_the_walk_once_and_writes_its_page_and_entry(tiny, tmp_path, c
 
     hp = load_hparams(tmp_path / "hparams.json")["pong"]
     assert "policy_distill tune" in hp.chosen_by and hp.precision == "fp32"
+    recording = json.loads((tiny / "data" / "meta.json").read_text())["content_sha256"]
+    assert f"recording sha256 {recording[:12]}..." in hp.chosen_by
     page = (tmp_path / "pong.md").read_text()
     assert "Chosen: KL only `kl-lr" in page and '"pong": {' in page
     assert f"{len(rows)} runs" in page
@@ -258,6 +262,48 @@ def test_rows_of_another_teacher_are_refused(tiny, tmp_path) -> None:
     append_row(tmp_path / "pong.jsonl", row)
     with pytest.raises(UserError, match="runs of another teacher or recording"):
         tune(cfg)
+
+
+def test_a_search_never_mixes_recordings_when_its_data_goes_missing_or_changes(
+    tiny, tmp_path, monkeypatch
+) -> None:
+    import shutil
+
+    import policy_distill.distill as distill_module
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny / "data", data)
+    cfg = tune_config(tiny, tmp_path, data=str(data), estimators="vjp")
+    real = distill_module.distill
+    calls = []
+
+    def distill_then_rerecord(run_cfg):
+        result = real(run_cfg)
+        calls.append(run_cfg.run)
+        # Another recording replaces the search's while it runs (`collect --overwrite`).
+        collect(load_teacher(tiny / "teacher.pt"), CollectConfig(frames=400, num_envs=4, seed=7), data,
+                overwrite=True, progress=False)  # fmt: skip
+        return result
+
+    monkeypatch.setattr(distill_module, "distill", distill_then_rerecord)
+    with pytest.raises(UserError, match="runs of another teacher or recording"):
+        tune(cfg)  # refused before its second run, which would be on the new recording
+    first = read_rows(tmp_path / "pong.jsonl")
+    assert len(calls) == 1 and len(first) == 1
+    # The row names the recording its run trained on, not the one found after it.
+    assert (
+        first[0]["dataset_sha256"] == json.loads((tiny / "data" / "meta.json").read_text())["content_sha256"]
+    )
+
+    monkeypatch.setattr(distill_module, "distill", real)
+    shutil.rmtree(data)  # a missing recording would be recorded afresh: refused, named
+    with pytest.raises(UserError, match=r"holds no recording, but .* pass `data` holding that recording"):
+        tune(cfg)
+    assert not data.exists()
+    # The page is still written from the committed rows, which need no recording.
+    tune(tune_config(tiny, tmp_path, data=str(data), estimators="vjp", report_only=True))
+    page = (tmp_path / "pong.md").read_text()
+    assert f"--data {data}" in page and "Recording (data content sha256): " in page
 
 
 def test_tune_refuses_to_write_an_entry_before_every_fraction_is_done(tiny, tmp_path) -> None:

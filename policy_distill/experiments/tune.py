@@ -384,15 +384,25 @@ class Runner:
         self.ran = 0
 
     def _check_provenance(self) -> None:
-        meta = self.cfg.path(self.cfg.data) / "meta.json"
+        """Refuse to add runs on another teacher or recording than the table's, or on none: a
+        missing recording would be recorded afresh, and its runs would mix with the old ones.
+        A page written from the table alone (``run`` False) needs no recording."""
+        data = self.cfg.path(self.cfg.data)
+        meta = data / "meta.json"
         dataset_sha = json.loads(meta.read_text()).get("content_sha256") if meta.is_file() else None
         for row in self.rows.values():
-            if row.get("teacher_sha256") != self.teacher_sha256 or (
-                dataset_sha and row.get("dataset_sha256") != dataset_sha
-            ):
+            if dataset_sha is None:
+                if not self.run:
+                    return  # a page from committed rows needs no recording
+                raise UserError(
+                    f"{data} holds no recording, but {self.results} holds {self.cfg.game} runs made on "
+                    f"recording sha256 {str(row.get('dataset_sha256'))[:12]}...; pass `data` holding "
+                    "that recording, or a new `results` and `runs_dir` for a new search"
+                )
+            if row.get("teacher_sha256") != self.teacher_sha256 or row.get("dataset_sha256") != dataset_sha:
                 raise UserError(
                     f"{self.results} holds {self.cfg.game} runs of another teacher or recording than "
-                    f"{self.cfg.teacher or self.cfg.game} and {meta.parent}; "
+                    f"{self.cfg.teacher or self.cfg.game} and {data}; "
                     "pass a new `results` and `runs_dir`"
                 )
 
@@ -405,6 +415,7 @@ class Runner:
             return self.rows[key]
         if not self.run:
             raise NotRun(f"frac {fraction:g} {setting.label()} {steps} steps")
+        self._check_provenance()  # again: a search runs for hours, and the recording may change
         row = self._distill(fraction, setting, steps, key)
         append_row(self.results, row)
         self.rows[key] = row
@@ -465,28 +476,29 @@ class Runner:
             print(f"  diverged: {e}", flush=True)
             diverged = True
         latest_path = run_cfg.run_dir / "latest.pt"
+        latest = safe_torch_load(latest_path, what="student checkpoint") if latest_path.is_file() else None
         # Evaluations up to this row's steps only: a directory continued further by an earlier
         # search (with a larger budget) holds more.
-        history = (
-            [
-                h
-                for h in safe_torch_load(latest_path, what="student checkpoint")["history"]
-                if h["step"] <= steps
-            ]
-            if latest_path.is_file()
-            else []
-        )
-        dataset = load_dataset(run_cfg.data)
-        split = dataset.split(fraction, cfg.validation_fraction, "previous")
+        history = [h for h in latest["history"] if h["step"] <= steps] if latest else []
+        if latest:  # what the run trained on, as its checkpoint recorded it
+            trained_on = latest["dataset"]
+        else:  # diverged before its first checkpoint
+            dataset = load_dataset(run_cfg.data)
+            split = dataset.split(fraction, cfg.validation_fraction, "previous")
+            trained_on = {
+                "train_frames": len(split.train),
+                "test_frames": len(split.test),
+                "content_sha256": dataset.meta.get("content_sha256"),
+            }
         row = {
             **dict(zip(KEY_FIELDS, key)),
             "history": [{"step": h["step"], **h["metrics"], "train_kl": h.get("train_kl")} for h in history],
             "diverged": diverged,
             "run_dir": str(run_cfg.run_dir),
-            "train_frames": len(split.train),
-            "validation_frames": len(split.test),
+            "train_frames": trained_on["train_frames"],
+            "validation_frames": trained_on["test_frames"],
             "teacher_sha256": self.teacher_sha256,
-            "dataset_sha256": dataset.meta.get("content_sha256"),
+            "dataset_sha256": trained_on.get("content_sha256"),
             "wall_s": time.perf_counter() - started,
             "resumed_from_step": resumed_from,
             "hardware": hardware_description(),
@@ -522,7 +534,13 @@ def tune(cfg: TuneConfig) -> dict[str, Any]:
             choices[fraction] = choose(cfg, fraction, reader.lookup_at(fraction))
         except NotRun:
             choices[fraction] = None
-    entry = hparams_entry(cfg, {f: c for f, c in choices.items() if c is not None}, reader.precision)
+    recordings = {r.get("dataset_sha256") for r in reader.rows.values()}
+    entry = hparams_entry(
+        cfg,
+        {f: c for f, c in choices.items() if c is not None},
+        reader.precision,
+        recording=recordings.pop() if len(recordings) == 1 else None,
+    )
     page = render_page(cfg, reader, choices, entry)
     out = cfg.path(cfg.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -560,9 +578,13 @@ def _nearest(fraction: float, tuned: Sequence[float]) -> float:
     return min(tuned, key=lambda t: abs(math.log(fraction / t)))
 
 
-def hparams_entry(cfg: TuneConfig, choices: dict[float, Choice], precision: str) -> dict[str, Any] | None:
+def hparams_entry(
+    cfg: TuneConfig, choices: dict[float, Choice], precision: str, *, recording: str | None = None
+) -> dict[str, Any] | None:
     """The game's hparams.json entry: the largest tuned fraction's values as the base, an
-    override per method and group of grid fractions whose tuned fraction chose otherwise."""
+    override per method and group of grid fractions whose tuned fraction chose otherwise.
+    ``recording``: the content sha256 of the recording the search ran on, named in ``chosen_by``
+    (the grid may run on another recording of the same teacher)."""
     if not choices:
         return None
     tuned = sorted(choices)
@@ -608,7 +630,9 @@ def hparams_entry(cfg: TuneConfig, choices: dict[float, Choice], precision: str)
         for m in ("kl", "sobolev")
     ]
     chosen_by = (
-        f"policy_distill tune (validation split: the last {cfg.validation_fraction:g} of each tuned "
+        f"policy_distill tune on {cfg.data.format(game=cfg.game)}"
+        + (f", recording sha256 {recording[:12]}..." if recording else "")
+        + f" (validation split: the last {cfg.validation_fraction:g} of each tuned "
         f"fraction's training part, from the episode start before the cut; never the test part), "
         f"tuned at fractions {', '.join(f'{f:g}' for f in tuned)}, seed {cfg.seed}, {precision}: "
         f"learning rate, alpha and estimator by the lowest final validation KL of {cfg.steps}-step runs, "
@@ -652,6 +676,8 @@ def render_page(
         (r for r in reader.rows.values() if r["game"] == cfg.game),
         key=lambda r: (r["train_fraction"], r["finished_at"]),
     )
+    data_flag = "" if cfg.data == TuneConfig.data else f" --data {cfg.data}"
+    recordings = sorted({str(r.get("dataset_sha256")) for r in rows})
     lines = [
         f"# {cfg.game}: hyperparameters chosen on validation splits",
         "",
@@ -663,9 +689,9 @@ def render_page(
         "its step budget. The test part of the recording is never read.",
         "",
         "```bash",
-        f"python -m policy_distill tune --game {cfg.game} --fractions {cfg.fractions} "
+        f"python -m policy_distill tune --game {cfg.game}{data_flag} --fractions {cfg.fractions} "
         f"--steps {cfg.steps} --budget-steps {cfg.budget_steps} --precision {cfg.precision}",
-        f"python -m policy_distill tune --game {cfg.game} --report-only --write-hparams",
+        f"python -m policy_distill tune --game {cfg.game}{data_flag} --report-only --write-hparams",
         "```",
         "",
     ]
@@ -673,7 +699,8 @@ def render_page(
     cpu_s = sum(r["wall_s"] for r in rows)
     lines += [
         f"{len(rows)} runs, {cpu_s / 3600:.1f} hours of wall time (one process each; a resumed run counts "
-        "from the step it resumed at) on: " + ("; ".join(hardware) or "none yet") + ".",
+        "from the step it resumed at) on: " + ("; ".join(hardware) or "none yet") + ". "
+        f"Recording (data content sha256): {', '.join(recordings) or 'none yet'}.",
         "",
     ]
     for fraction, choice in choices.items():
