@@ -3,8 +3,9 @@
 The teacher acts by sampling from its policy, as in the paper's protocol (100K agent steps =
 400K emulator frames at action repeat 4). ``num_envs`` games run in C++ threads; by default
 each step waits for all of them (one batched teacher forward per step), so a recording is a
-function of its seed and teacher: the same command records the same content (sha256) on any
-run. ``batch_size`` below ``num_envs`` steps asynchronously instead (``recv`` returns the games
+function of its seed and teacher: the same command records the same content (sha256) on every
+run with the same software and CPU (another may round the teacher's forward differently).
+``batch_size`` below ``num_envs`` steps asynchronously instead (``recv`` returns the games
 that are ready while the rest step on), whose order, and so the recording, follows thread
 timing; on two cores it was not faster (``benchmarks/collection_throughput.py``).
 

@@ -252,6 +252,11 @@ def test_a_row_holds_only_its_own_steps_of_a_directory_run_further(tiny, tmp_pat
     short = read_rows(tmp_path / "short.jsonl")
     assert short and all(r["history"][-1]["step"] == r["steps"] for r in short)
     assert {r["steps"] for r in short} >= {2}
+    # Such a row cost nothing, and the page says so rather than a backwards step range.
+    reused = [r for r in short if r["resumed_from_step"] >= r["steps"]]
+    assert reused and all(r["resumed_from_step"] == 4 for r in reused)
+    page = (tmp_path / "pong.md").read_text()
+    assert page.count("| none (read from a run continued further) |") == len(reused)
 
 
 def test_rows_of_another_teacher_are_refused(tiny, tmp_path) -> None:
@@ -262,6 +267,10 @@ def test_rows_of_another_teacher_are_refused(tiny, tmp_path) -> None:
     append_row(tmp_path / "pong.jsonl", row)
     with pytest.raises(UserError, match="runs of another teacher or recording"):
         tune(cfg)
+    # Also for a page written from the rows alone, with no recording at hand.
+    page_only = tune_config(tiny, tmp_path, data=str(tmp_path / "absent"), report_only=True)
+    with pytest.raises(UserError, match="runs of another teacher or recording"):
+        tune(page_only)
 
 
 def test_a_search_never_mixes_recordings_when_its_data_goes_missing_or_changes(
@@ -294,6 +303,24 @@ def test_a_search_never_mixes_recordings_when_its_data_goes_missing_or_changes(
     assert (
         first[0]["dataset_sha256"] == json.loads((tiny / "data" / "meta.json").read_text())["content_sha256"]
     )
+
+    # A recording replaced after the check but before the run loads it: the row is left out.
+    calls.clear()
+
+    def rerecord_before_the_second_run(run_cfg):
+        if calls:
+            collect(load_teacher(tiny / "teacher.pt"), CollectConfig(frames=400, num_envs=4, seed=8), data,
+                    overwrite=True, progress=False)  # fmt: skip
+        calls.append(run_cfg.run)
+        return real(run_cfg)
+
+    monkeypatch.setattr(distill_module, "distill", rerecord_before_the_second_run)
+    shutil.rmtree(data)
+    shutil.copytree(tiny / "data", data)
+    late = tune_config(tiny, tmp_path / "late", data=str(data), estimators="vjp")
+    with pytest.raises(UserError, match="its row is left out; restore that recording as `data`"):
+        tune(late)
+    assert len(calls) == 2 and len(read_rows(tmp_path / "late" / "pong.jsonl")) == 1
 
     monkeypatch.setattr(distill_module, "distill", real)
     shutil.rmtree(data)  # a missing recording would be recorded afresh: refused, named

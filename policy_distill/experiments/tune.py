@@ -391,15 +391,15 @@ class Runner:
         meta = data / "meta.json"
         dataset_sha = json.loads(meta.read_text()).get("content_sha256") if meta.is_file() else None
         for row in self.rows.values():
-            if dataset_sha is None:
-                if not self.run:
-                    return  # a page from committed rows needs no recording
+            if dataset_sha is None and self.run:
                 raise UserError(
                     f"{data} holds no recording, but {self.results} holds {self.cfg.game} runs made on "
                     f"recording sha256 {str(row.get('dataset_sha256'))[:12]}...; pass `data` holding "
                     "that recording, or a new `results` and `runs_dir` for a new search"
                 )
-            if row.get("teacher_sha256") != self.teacher_sha256 or row.get("dataset_sha256") != dataset_sha:
+            if row.get("teacher_sha256") != self.teacher_sha256 or row.get("dataset_sha256") != (
+                dataset_sha or row.get("dataset_sha256")  # without a recording only the teacher is checked
+            ):
                 raise UserError(
                     f"{self.results} holds {self.cfg.game} runs of another teacher or recording than "
                     f"{self.cfg.teacher or self.cfg.game} and {data}; "
@@ -417,6 +417,12 @@ class Runner:
             raise NotRun(f"frac {fraction:g} {setting.label()} {steps} steps")
         self._check_provenance()  # again: a search runs for hours, and the recording may change
         row = self._distill(fraction, setting, steps, key)
+        earlier = {r.get("dataset_sha256") for r in self.rows.values()}
+        if earlier and row["dataset_sha256"] not in earlier:  # changed while this run loaded it
+            raise UserError(
+                f"{row['run_dir']} trained on recording sha256 {str(row['dataset_sha256'])[:12]}..., not the "
+                f"one of {self.results}'s runs: its row is left out; restore that recording as `data`"
+            )
         append_row(self.results, row)
         self.rows[key] = row
         self.ran += 1
@@ -516,6 +522,8 @@ class Runner:
 def _wall_time(row: dict[str, Any]) -> str:
     """A row's wall time, with the steps it covers when the run resumed part-way."""
     resumed = row.get("resumed_from_step") or 0
+    if resumed >= row["steps"]:  # its directory had run further for a longer search
+        return "none (read from a run continued further)"
     span = f" (steps {resumed:,}-{row['steps']:,})" if resumed else ""
     return f"{row['wall_s'] / 60:.1f} min{span}"
 
@@ -630,7 +638,7 @@ def hparams_entry(
         for m in ("kl", "sobolev")
     ]
     chosen_by = (
-        f"policy_distill tune on {cfg.data.format(game=cfg.game)}"
+        f"policy_distill tune on {cfg.path(cfg.data)}"
         + (f", recording sha256 {recording[:12]}..." if recording else "")
         + f" (validation split: the last {cfg.validation_fraction:g} of each tuned "
         f"fraction's training part, from the episode start before the cut; never the test part), "
