@@ -39,6 +39,8 @@ class Scores:
             "std": self.std,
             "human_normalized": self.human_normalized,
             "scores": self.scores,
+            # Agent steps per game: a policy caught in a loop shows as games of one length.
+            "lengths": self.lengths,
         }
 
 

@@ -253,6 +253,7 @@ def test_evaluation_plays_whole_games_with_raw_scores(short_settings, tiny) -> N
     assert len(scores.scores) == 3 and len(scores.lengths) == 3
     assert all(float(s).is_integer() and -21 <= s <= 21 for s in scores.scores)
     assert all(0 < n <= 240 // 4 for n in scores.lengths)
+    assert scores.summary()["lengths"] == scores.lengths  # printed by `evaluate --json`
 
 
 def test_package_level_loaders(tiny) -> None:
