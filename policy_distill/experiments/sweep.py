@@ -532,7 +532,7 @@ def _best_record(path: str | Path) -> dict[str, Any]:
     )
 
 
-def _resume_step(run_dir: Path) -> int:
+def resume_step(run_dir: Path) -> int:
     """The step a run would resume from (0 for a fresh run)."""
     latest = run_dir / "latest.pt"
     if not latest.is_file():
@@ -693,7 +693,7 @@ def _run_cell(cfg: SweepConfig, key: tuple[Any, ...], label: str, hardware: str)
         **{f.name: getattr(cfg, f.name) for f in dataclasses.fields(TrainingSchedule)},
         runs_dir=cfg.runs_dir,
     )
-    resumed_from = _resume_step(run_cfg.run_dir)
+    resumed_from = resume_step(run_cfg.run_dir)
     _log(
         f"{label}: running in {run_cfg.run_dir} (lr {run_cfg.learning_rate:g}, alpha {run_cfg.alpha:g}, "
         f"{run_cfg.steps} steps" + (f", resuming from step {resumed_from})" if resumed_from else ")")

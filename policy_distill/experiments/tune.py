@@ -52,7 +52,7 @@ from policy_distill.errors import NonFiniteLoss, UserError, at_least, check_fiel
 from policy_distill.losses import SOBOLEV_ESTIMATORS
 from policy_distill.settings import PRECISION_CHOICES, game_info
 
-from .sweep import DEFAULT_FRACTIONS, DEFAULT_HPARAMS, _resume_step, append_row, parse_fractions, read_rows
+from .sweep import DEFAULT_FRACTIONS, DEFAULT_HPARAMS, append_row, parse_fractions, read_rows, resume_step
 
 KEY_FIELDS = (
     "game",
@@ -397,9 +397,9 @@ class Runner:
                     f"recording sha256 {str(row.get('dataset_sha256'))[:12]}...; pass `data` holding "
                     "that recording, or a new `results` and `runs_dir` for a new search"
                 )
-            if row.get("teacher_sha256") != self.teacher_sha256 or row.get("dataset_sha256") != (
-                dataset_sha or row.get("dataset_sha256")  # without a recording only the teacher is checked
-            ):
+            # Without a recording (a page from the rows alone) only the teacher is checked.
+            other_recording = dataset_sha is not None and row.get("dataset_sha256") != dataset_sha
+            if row.get("teacher_sha256") != self.teacher_sha256 or other_recording:
                 raise UserError(
                     f"{self.results} holds {self.cfg.game} runs of another teacher or recording than "
                     f"{self.cfg.teacher or self.cfg.game} and {data}; "
@@ -473,7 +473,7 @@ class Runner:
         )
         # A run continued from its directory (a budget run, or one a stopped session left) is
         # timed from there on: its row says so, so that its wall time is not read as the whole.
-        resumed_from = _resume_step(run_cfg.run_dir)
+        resumed_from = resume_step(run_cfg.run_dir)
         started = time.perf_counter()
         try:
             distill(run_cfg)
