@@ -100,9 +100,10 @@ def write_model_card(
     curve_png = plot_learning_curve(
         training.get("curve", []), record["game"], teacher_path.with_name(f"{teacher_path.stem}_curve.png")
     )
-    unfinished = training.get("finished") is False or (
-        total is not None and steps < total and not training.get("stopped_early")
-    )
+    # The trainer's own verdict first: it plans whole updates, so a finished run may stop a few
+    # steps short of total_steps (10M planned, 4,882 updates of 2,048 = 9,998,336 steps).
+    finished = training.get("finished")
+    unfinished = finished is False if finished is not None else total is not None and steps < total
     if unfinished and total:
         status = (
             f"**Unfinished**: {steps:,} of {total:,} planned agent steps; training continues in a "

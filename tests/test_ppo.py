@@ -85,6 +85,19 @@ def test_a_final_export_before_the_planned_total_is_finished_and_its_card_says_s
     assert "Unfinished" not in texts[True]
 
 
+def test_a_run_planned_off_the_batch_grid_finishes_and_its_card_says_so(tmp_path) -> None:
+    """The trainer plans whole updates: 100 planned steps in batches of 32 end at 96, finished."""
+    from agents.model_card import write_model_card
+    from policy_distill.evaluation import Scores
+
+    result = train_ppo(tiny_config(total_steps=100, precision="fp32"), tmp_path / "run")
+    assert result.finished and result.agent_steps == 96
+    shipped = export_teacher(tmp_path / "run", tmp_path / "pong.pt")
+    assert torch.load(shipped, weights_only=True)["training"]["finished"] is True
+    text = write_model_card(shipped, Scores("pong", [1.0], [10]), seed=0, command="c").read_text()
+    assert "Training finished." in text and "Unfinished" not in text
+
+
 def test_stop_after_seconds_checkpoints_and_resumes(tmp_path) -> None:
     run = tmp_path / "run"
     first = train_ppo(tiny_config(total_steps=96), run, stop_after_s=0.0)  # stops after its first update
