@@ -64,6 +64,16 @@ def sweep_config(tiny: Path, out: Path, **overrides) -> SweepConfig:
     return SweepConfig(**base)
 
 
+def test_without_games_the_sweep_runs_every_game_of_its_hparams(tiny, tmp_path) -> None:
+    entry = {"learning_rate": 1e-3, "alpha": 0.5, "steps": 2, "chosen_by": "a test"}
+    write_hparams(tmp_path / "hparams.json", breakout=entry, pong=entry)
+    assert sweep_config(tiny, tmp_path, games="").game_list() == ["breakout", "pong"]
+    assert sweep_config(tiny, tmp_path, games="Pong").game_list() == ["pong"]
+    write_hparams(tmp_path / "hparams.json", **{"_only": "a comment"})
+    with pytest.raises(UserError, match="`games` is empty and .*hparams.json has no game entry"):
+        sweep_config(tiny, tmp_path, games="")
+
+
 def lines(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
@@ -477,7 +487,7 @@ def test_report_cli_prints_json_and_needs_a_table(tmp_path) -> None:
     )
 
 
-def test_report_places_a_hand_written_discussion_and_refuses_a_missing_one(tmp_path) -> None:
+def test_report_places_a_hand_written_discussion_and_preface_and_refuses_a_missing_one(tmp_path) -> None:
     _, page, _ = write_report(tmp_path, sobolev_shift=-0.2)
     assert "## Discussion" not in page
     (tmp_path / "docs" / "discussion.md").write_text("Why the gap is small on Pong.\n")
@@ -493,6 +503,18 @@ def test_report_places_a_hand_written_discussion_and_refuses_a_missing_one(tmp_p
         page.index("## Do the paper's claims hold?") < page.index("## Discussion") < page.index("## Waiting")
     )
     assert "Why the gap is small on Pong." in page
+    # A preface goes under the title, before the setup: e.g. the teacher a page was made with.
+    (tmp_path / "docs" / "preface.md").write_text("> Made with the earlier teacher.\n")
+    make_report(
+        ReportConfig(
+            results=str(tmp_path / "results.jsonl"),
+            hparams=str(tmp_path / "hparams.json"),
+            out=str(tmp_path / "docs"),
+        )
+    )
+    page = (tmp_path / "docs" / "README.md").read_text()
+    title, preface = page.index("# Reproduction"), page.index("> Made with the earlier teacher.")
+    assert title < preface < page.index("## Setup")
     with pytest.raises(UserError, match="`discussion` .*nope.md: no such file"):
         make_report(
             ReportConfig(
@@ -500,6 +522,15 @@ def test_report_places_a_hand_written_discussion_and_refuses_a_missing_one(tmp_p
                 hparams=str(tmp_path / "hparams.json"),
                 out=str(tmp_path / "docs"),
                 discussion=str(tmp_path / "nope.md"),
+            )
+        )
+    with pytest.raises(UserError, match="`preface` .*nope.md: no such file"):
+        make_report(
+            ReportConfig(
+                results=str(tmp_path / "results.jsonl"),
+                hparams=str(tmp_path / "hparams.json"),
+                out=str(tmp_path / "docs"),
+                preface=str(tmp_path / "nope.md"),
             )
         )
 

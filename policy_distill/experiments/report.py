@@ -140,8 +140,15 @@ class ReportConfig:
     """Hand-written markdown placed under "Discussion" after the generated claims (default:
     ``<out>/discussion.md`` when it exists): the explanations numbers cannot generate."""
 
+    preface: str = ""
+    """Hand-written markdown placed under the title (default: ``<out>/preface.md`` when it
+    exists): what a reader must know first, e.g. that a page was made with an earlier teacher."""
+
     def discussion_path(self) -> Path:
         return Path(self.discussion) if self.discussion else Path(self.out) / "discussion.md"
+
+    def preface_path(self) -> Path:
+        return Path(self.preface) if self.preface else Path(self.out) / "preface.md"
 
 
 # --- Summaries -------------------------------------------------------------------------------
@@ -544,6 +551,7 @@ def _commands(summary: Summary, cfg: ReportConfig) -> list[str]:
             + ["--out", cfg.out, "--fractions", cfg.fractions, "--seeds", cfg.seeds]
             + (["--metrics", cfg.metrics] if cfg.metrics != "final" else [])
             + (["--discussion", cfg.discussion] if cfg.discussion else [])
+            + (["--preface", cfg.preface] if cfg.preface else [])
         )
     )
     return lines
@@ -617,6 +625,9 @@ def write_page(summary: Summary, cfg: ReportConfig, fractions: Sequence[float], 
         "(mean ± t(0.975, n-1) s / sqrt(n)); a cell with one seed shows its mean without an interval.",
         "",
     ]
+    preface = cfg.preface_path()
+    if preface.is_file():
+        lines[2:2] = [preface.read_text(encoding="utf-8", errors="replace").strip(), ""]
     if summary.excluded:
         lines += [
             f"{summary.excluded} row(s) made with other hyperparameters than `{cfg.hparams}` are left out.",
@@ -749,8 +760,10 @@ def make_report(cfg: ReportConfig) -> dict[str, Any]:
         raise UserError(
             f"no results table at {', '.join(missing) or repr(cfg.results)}; run `reproduce` first"
         )
-    if cfg.discussion and not Path(cfg.discussion).is_file():
-        raise UserError(f"`discussion` {cfg.discussion}: no such file; write it or leave `discussion` out")
+    for name in ("discussion", "preface"):
+        given = getattr(cfg, name)
+        if given and not Path(given).is_file():
+            raise UserError(f"`{name}` {given}: no such file; write it or leave `{name}` out")
     hparams = load_hparams(cfg.hparams)
     summary = Summary(latest_rows(read_rows(paths)), hparams, cfg.metrics)
     out = Path(cfg.out)

@@ -84,8 +84,8 @@ KEY_DEFAULTS = {
 class SweepConfig(TrainingSchedule):
     """The reproduction grid; the defaults are the paper's fractions, both methods, three seeds."""
 
-    games: str = "pong"
-    """Comma-separated games (each needs an entry in --hparams)."""
+    games: str = ""
+    """Comma-separated games (each needs an entry in --hparams); empty: every game in --hparams."""
     fractions: str = DEFAULT_FRACTIONS
     """Comma-separated training fractions: the first x of each recording trains, the rest tests."""
     seeds: str = DEFAULT_SEEDS
@@ -120,9 +120,9 @@ class SweepConfig(TrainingSchedule):
     """Times Ray reruns a cell whose worker died (the rerun resumes from the cell's latest.pt)."""
 
     def game_list(self) -> list[str]:
-        names = [game_info(g).name for g in _items(self.games)]
+        names = [game_info(g).name for g in _items(self.games)] or list(load_hparams(self.hparams))
         if not names:
-            raise UserError("`games` is empty; give e.g. pong")
+            raise UserError(f"`games` is empty and {self.hparams} has no game entry; give e.g. pong")
         return list(dict.fromkeys(names))
 
     def fraction_list(self) -> list[float]:
