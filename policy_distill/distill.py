@@ -149,6 +149,9 @@ class DistillConfig(TrainingSchedule):
     frames (``StudentNet.centre_first_layer``): Pong students then left the constant policy in 150-200
     steps instead of 200-400, in 8 of 8 seeds (benchmarks/student_plateau.py). Off by default
     until it is checked over whole runs and games (docs/estimators.md)."""
+    student_width: float = 1.0
+    """Multiplier of the student's channels and hidden units (1: the paper's conv 16/32, linear
+    256; 2: 32/64/512), for testing whether a gap between the methods is one of capacity."""
     channels_last: bool = True
     """Run both networks' convolutions in the channels_last memory format (a speed setting:
     results equal within float rounding; benchmarks/distill_throughput.py measures it)."""
@@ -204,6 +207,7 @@ class DistillConfig(TrainingSchedule):
                 if self.samples_per_direction >= 1 and self.batch_size % self.samples_per_direction
                 else None,
                 within(self, "seed", 0, MAX_TORCH_SEED),
+                within(self, "student_width", 0, 16, open_low=True),
                 *(
                     at_least(self, name, 1)
                     for name in (
@@ -249,6 +253,7 @@ class DistillConfig(TrainingSchedule):
         if self.method == "sobolev" and self.samples_per_direction > 1:
             method += f"-share{self.samples_per_direction}"
         centred = "-centred" if self.centre_first_layer else ""
+        centred += f"-w{self.student_width:g}" if self.student_width != 1 else ""
         name = self.run or f"{method}-frac{self.train_fraction:g}{val}-seed{self.seed}{precision}{centred}"
         return Path(self.runs_dir) / self.game / name
 
@@ -274,6 +279,7 @@ def _upgraded_resume_key(saved: dict[str, Any]) -> dict[str, Any]:
     saved.setdefault("sobolev_estimator", "vjp")  # the only estimator before the field existed
     saved.setdefault("fd_epsilon", FD_EPSILON)
     saved.setdefault("centre_first_layer", False)
+    saved.setdefault("student_width", 1.0)  # the paper's student before the field existed
     saved.setdefault("samples_per_direction", 1)  # one direction per sample before the field existed
     saved.setdefault("validation_boundary", "next")  # the only rule before the field existed
     return saved
@@ -664,7 +670,7 @@ def _distill(cfg: DistillConfig, *, progress: bool, world: World | None = None) 
 
     keep_freed_memory_for_reuse()  # after the dataset is in memory: only the steps' buffers stay
     torch.manual_seed(cfg.seed)
-    arch = StudentArch(num_actions=dataset.settings.num_actions, in_frames=dataset.stack)
+    arch = StudentArch.scaled(dataset.settings.num_actions, dataset.stack, cfg.student_width)
     student = StudentNet(arch).to(device)
     if cfg.channels_last:
         student.to(memory_format=torch.channels_last)

@@ -37,6 +37,18 @@ class StudentArch:
     conv2: int = 32
     hidden: int = 256
 
+    @classmethod
+    def scaled(cls, num_actions: int, in_frames: int = 4, width: float = 1.0) -> StudentArch:
+        """The paper's student with ``width`` times its channels and hidden units (at least one
+        each): 2 gives conv 32/64 and linear 512, about 4x the parameters of its first linear layer."""
+        return cls(
+            num_actions=num_actions,
+            in_frames=in_frames,
+            conv1=max(1, round(16 * width)),
+            conv2=max(1, round(32 * width)),
+            hidden=max(1, round(256 * width)),
+        )
+
 
 class StudentNet(nn.Module):
     """``[B, 4, 84, 84] float`` in [0, 1] -> ``[B, A]`` log-probabilities."""

@@ -328,6 +328,22 @@ def test_samples_per_direction_must_divide_the_batch_and_names_the_run() -> None
     assert centred.run_dir.name == "kl-frac0.9-seed0-centred"
 
 
+def test_a_wider_student_is_its_own_run_and_loads_back_at_its_width(tiny) -> None:
+    """student_width scales the paper's student (2: conv 32/64, linear 512); the run directory
+    and the checkpoint's architecture say so, so evaluate and play rebuild the same network."""
+    from policy_distill.student import StudentArch, load_student
+
+    assert StudentArch.scaled(6, 4, 1.0) == StudentArch(num_actions=6)
+    assert DistillConfig(alpha=0, precision="fp32", student_width=2).run_dir.name == "kl-frac0.9-seed0-w2"
+    with pytest.raises(UserError, match="student_width"):
+        DistillConfig(student_width=0)
+    wide = distill(config(tiny, run="wide", steps=1, alpha=0.0, student_width=2))
+    record = torch.load(wide["best_checkpoint"], weights_only=True)
+    assert (record["arch"]["conv1"], record["arch"]["conv2"], record["arch"]["hidden"]) == (32, 64, 512)
+    student = load_student(wide["best_checkpoint"])
+    assert student.net.torso[0].out_channels == 32 and student.net.policy_head.in_features == 512
+
+
 def test_centring_the_first_layer_removes_the_backgrounds_mean_response_and_moves_only_its_biases() -> None:
     """StudentNet.centre_first_layer: over the given frames and positions each first-layer unit's
     mean pre-activation becomes its initial bias (as for centred frames; the background's share

@@ -595,3 +595,21 @@ def test_a_centred_first_layer_makes_both_methods_other_cells(tiny, tmp_path) ->
     write_hparams(tmp_path / "bad.json", pong={**entry, "centre_first_layer": "yes"})
     with pytest.raises(UserError, match="centre_first_layer must be true or false, got 'yes'"):
         load_hparams(tmp_path / "bad.json")
+
+
+def test_a_wider_student_makes_both_methods_other_cells(tiny, tmp_path) -> None:
+    """student_width in the file (the capacity test): both methods run again at that width, in
+    their own directories; rows without the field are the paper's student."""
+    entry = {"learning_rate": 1e-3, "alpha": 0.5, "steps": 2, "chosen_by": "a test", "precision": "fp32"}
+    write_hparams(tmp_path / "hparams.json", pong=entry)
+    cfg = sweep_config(tiny, tmp_path, fractions="0.5")
+    assert reproduce(cfg)["ran"] == 2
+    write_hparams(tmp_path / "hparams.json", pong={**entry, "student_width": 2})
+    assert reproduce(cfg)["ran"] == 2 and reproduce(cfg)["skipped"] == 2
+    wide = lines(tmp_path / "results.jsonl")[-2:]
+    for row in wide:
+        assert row["student_width"] == 2.0 and row["run_dir"].endswith("-seed0-w2")
+        assert torch.load(row["best_checkpoint"], weights_only=True)["arch"]["hidden"] == 512
+    write_hparams(tmp_path / "bad.json", pong={**entry, "student_width": 0})
+    with pytest.raises(UserError, match=r"student_width must be a number in \(0, 16\], got 0"):
+        load_hparams(tmp_path / "bad.json")

@@ -645,28 +645,36 @@ def write_page(summary: Summary, cfg: ReportConfig, fractions: Sequence[float], 
         ),
         "",
     ]
-    # The estimator column appears once a game uses another than the paper's (older pages stay as they were).
-    estimators = any(hp.sobolev_estimator != "vjp" for hp in summary.hparams.values())
+    # Optional columns appear once a game departs from the paper (older pages stay as they were).
+    optional = [
+        (title, value)
+        for title, value, shown in (
+            ("Sobolev estimator", lambda hp: hp.sobolev_estimator, lambda hp: hp.sobolev_estimator != "vjp"),
+            ("student width", lambda hp: f"{hp.student_width:g}", lambda hp: hp.student_width != 1),
+        )
+        if any(shown(hp) for hp in summary.hparams.values())
+    ]
     lines += [
         "| game | learning rate | alpha (Sobolev) | steps | precision |"
-        + (" Sobolev estimator |" if estimators else "")
+        + "".join(f" {title} |" for title, _ in optional)
         + " chosen by |",
-        "|---|---:|---:|---:|---|" + ("---|" if estimators else "") + "---|",
+        "|---|---:|---:|---:|---|" + "---|" * len(optional) + "---|",
     ]
     for game in summary.games:
         hp = summary.hparams.get(game)
         if hp:
             cells = [f"{hp.learning_rate:g}", f"{hp.alpha:g}", str(hp.steps), hp.precision]
-            cells += [hp.sobolev_estimator] if estimators else []
+            cells += [value(hp) for _, value in optional]
             lines.append("| " + " | ".join([game, *cells, hp.chosen_by]) + " |")
         else:
-            lines.append(f"| {game} |" + " |" * (5 if estimators else 4) + f" not in `{cfg.hparams}` |")
+            lines.append(f"| {game} |" + " |" * (4 + len(optional)) + f" not in `{cfg.hparams}` |")
     if overridden:
         lines += ["", "Overrides, applied in this order (a later one wins):", ""]
         lines += [f"- {game}, {o.describe()}" for game, o in overridden]
     lines += ["", "## Reproduce", "", "```bash", *_commands(summary, cfg), "```", ""]
     lines += [
-        'The same through make: `make reproduce ARGS="--games pong"` and `make report`. Each '
+        f'The same through make: `make reproduce ARGS="--games {",".join(summary.games) or "pong"}"` and '
+        "`make report`. Each "
         "`reproduce` skips the cells already in its results table; `--games`, `--fractions`, `--seeds` "
         "and `--methods` split the grid over machines, and `report --results a.jsonl,b.jsonl` joins "
         "their tables.",

@@ -69,6 +69,7 @@ KEY_FIELDS = (
     "sobolev_estimator",
     "samples_per_direction",
     "centre_first_layer",
+    "student_width",
 )
 """A results row's identity: a cell with a row under this key is never run again."""
 KEY_DEFAULTS = {
@@ -76,6 +77,7 @@ KEY_DEFAULTS = {
     "sobolev_estimator": "vjp",
     "samples_per_direction": 1,
     "centre_first_layer": False,
+    "student_width": 1.0,
 }
 """Values of key fields that rows written before the field existed implicitly had."""
 
@@ -202,6 +204,7 @@ OVERRIDABLE = (
     "sobolev_estimator",
     "samples_per_direction",
     "centre_first_layer",
+    "student_width",
 )
 """Fields of a game's entry that an override may change for some methods or fractions."""
 
@@ -260,6 +263,9 @@ class GameHparams:
     centre_first_layer: bool = False
     """Both methods: centre the student's first layer on training frames before step 0
     (distill's centre_first_layer). Optional in the file (default false); part of a cell's identity."""
+    student_width: float = 1.0
+    """Both methods: multiplier of the student's channels and hidden units (distill's
+    student_width; 1 is the paper's student). Optional in the file; part of a cell's identity."""
     overrides: tuple[Override, ...] = ()
     """Optional in the file: ``[{"methods": [...], "fractions": [...], "<field>": value, ...}]``,
     applied in order to the cells each matches (a method's own learning rate, an alpha for the
@@ -302,7 +308,9 @@ def _checked_value(where: str, name: str, value: Any) -> Any:
         raise UserError(f"{where}: samples_per_direction must be an integer >= 1, got {value!r}")
     if name == "centre_first_layer" and not isinstance(value, bool):
         raise UserError(f"{where}: centre_first_layer must be true or false, got {value!r}")
-    return float(value) if name in ("learning_rate", "alpha") else value
+    if name == "student_width" and not (number(value) and 0 < value <= 16):
+        raise UserError(f"{where}: student_width must be a number in (0, 16], got {value!r}")
+    return float(value) if name in ("learning_rate", "alpha", "student_width") else value
 
 
 def _overrides(where: str, raw: Any) -> tuple[Override, ...]:
@@ -491,6 +499,7 @@ def cell_key(game: str, method: str, fraction: float, seed: int, hp: GameHparams
         estimator,
         shared,
         hp.centre_first_layer,
+        hp.student_width,
     )
 
 
@@ -690,6 +699,7 @@ def _run_cell(cfg: SweepConfig, key: tuple[Any, ...], label: str, hardware: str)
         sobolev_estimator=cell["sobolev_estimator"],
         samples_per_direction=cell["samples_per_direction"],
         centre_first_layer=cell["centre_first_layer"],
+        student_width=cell["student_width"],
         **{f.name: getattr(cfg, f.name) for f in dataclasses.fields(TrainingSchedule)},
         runs_dir=cfg.runs_dir,
     )
