@@ -252,9 +252,9 @@ class DistillConfig(TrainingSchedule):
         )
         if self.method == "sobolev" and self.samples_per_direction > 1:
             method += f"-share{self.samples_per_direction}"
-        centred = "-centred" if self.centre_first_layer else ""
-        centred += f"-w{self.student_width:g}" if self.student_width != 1 else ""
-        name = self.run or f"{method}-frac{self.train_fraction:g}{val}-seed{self.seed}{precision}{centred}"
+        student = "-centred" if self.centre_first_layer else ""
+        student += f"-w{self.student_width:g}" if self.student_width != 1 else ""
+        name = self.run or f"{method}-frac{self.train_fraction:g}{val}-seed{self.seed}{precision}{student}"
         return Path(self.runs_dir) / self.game / name
 
     def resolved_precision(self) -> str:

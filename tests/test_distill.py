@@ -139,7 +139,8 @@ def test_runs_saved_before_precision_existed_resume_in_fp32(tiny) -> None:
     distill(cfg)
     path = cfg.run_dir / "latest.pt"
     state = torch.load(path, weights_only=True)
-    key = {k: v for k, v in state["resume_key"].items() if k != "precision"}
+    # Neither precision nor student_width existed then (the paper's student was the only one).
+    key = {k: v for k, v in state["resume_key"].items() if k not in ("precision", "student_width")}
     atomic_torch_save({**state, "resume_key": {**key, "teacher_bf16": False}}, path)
     distill(config(tiny, run="old-style", steps=4))  # resumes: the old key counts as fp32
     assert torch.load(path, weights_only=True)["step"] == 4

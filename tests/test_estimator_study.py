@@ -127,3 +127,7 @@ def test_centred_and_uncentred_rows_are_not_summarised_together() -> None:
     assert summarise(centred, "pong")[("fd", 0.1)]["kl"].mean == pytest.approx(0.21)
     with pytest.raises(UserError, match="mix centred and uncentred first layers"):
         summarise(rows[:3] + centred[3:], "pong")
+    wide = [{**r, "student_width": 2.0} for r in rows]
+    assert summarise(wide, "pong")[("fd", 0.1)]["kl"].mean == pytest.approx(0.21)
+    with pytest.raises(UserError, match="mix students of several widths"):
+        summarise(rows[:3] + wide[3:], "pong")

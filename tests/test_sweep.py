@@ -71,7 +71,7 @@ def test_without_games_the_sweep_runs_every_game_of_its_hparams(tiny, tmp_path) 
     assert sweep_config(tiny, tmp_path, games="Pong").game_list() == ["pong"]
     write_hparams(tmp_path / "hparams.json", **{"_only": "a comment"})
     with pytest.raises(UserError, match="`games` is empty and .*hparams.json has no game entry"):
-        sweep_config(tiny, tmp_path, games="")
+        sweep_config(tiny, tmp_path, games="").game_list()  # read when the sweep runs
 
 
 def lines(path: Path) -> list[dict]:
@@ -416,6 +416,12 @@ def write_report(tmp_path: Path, sobolev_shift: float) -> tuple[dict, str, Summa
     return result, (tmp_path / "docs" / "README.md").read_text(), summary
 
 
+def test_report_runs_from_a_directory_without_the_default_hparams(tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)  # no docs/reproduce/hparams.json here: only the given files count
+    result, page, _ = write_report(tmp_path, sobolev_shift=-0.2)
+    assert result["runs"] > 0 and "## Setup" in page
+
+
 def test_report_writes_page_and_figures_with_intervals(tmp_path) -> None:
     result, page, summary = write_report(tmp_path, sobolev_shift=-0.2)
     for name in ("figure4.png", "gradient_fidelity.png"):
@@ -604,12 +610,29 @@ def test_a_wider_student_makes_both_methods_other_cells(tiny, tmp_path) -> None:
     write_hparams(tmp_path / "hparams.json", pong=entry)
     cfg = sweep_config(tiny, tmp_path, fractions="0.5")
     assert reproduce(cfg)["ran"] == 2
+    old_style = [
+        {k: v for k, v in r.items() if k != "student_width"} for r in lines(tmp_path / "results.jsonl")
+    ]
+    (tmp_path / "results.jsonl").write_text("".join(json.dumps(row) + "\n" for row in old_style))
+    assert reproduce(cfg)["skipped"] == 2  # rows without the field: the paper's student
     write_hparams(tmp_path / "hparams.json", pong={**entry, "student_width": 2})
     assert reproduce(cfg)["ran"] == 2 and reproduce(cfg)["skipped"] == 2
     wide = lines(tmp_path / "results.jsonl")[-2:]
     for row in wide:
         assert row["student_width"] == 2.0 and row["run_dir"].endswith("-seed0-w2")
         assert torch.load(row["best_checkpoint"], weights_only=True)["arch"]["hidden"] == 512
+    # The page reports the wide cells only, and says which width they are.
+    make_report(
+        ReportConfig(
+            results=str(tmp_path / "results.jsonl"),
+            hparams=str(tmp_path / "hparams.json"),
+            out=str(tmp_path / "page"),
+            fractions="0.5",
+            seeds="0",
+        )
+    )
+    page = (tmp_path / "page" / "README.md").read_text()
+    assert "| student width |" in page and "2 row(s) made with other hyperparameters" in page
     write_hparams(tmp_path / "bad.json", pong={**entry, "student_width": 0})
     with pytest.raises(UserError, match=r"student_width must be a number in \(0, 16\], got 0"):
         load_hparams(tmp_path / "bad.json")

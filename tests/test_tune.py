@@ -181,6 +181,21 @@ def tune_config(tiny: Path, out: Path, **changes) -> TuneConfig:
     return TuneConfig(**base)
 
 
+def test_writing_an_entry_refuses_to_pair_tuned_values_with_another_student(tmp_path) -> None:
+    """Tune's values are the paper's student's: an entry asking for a wider one is not overwritten."""
+    from policy_distill.experiments.tune import _write_entry
+
+    entry = {"learning_rate": 1e-3, "alpha": 0.5, "steps": 2, "chosen_by": "tune"}
+    path = tmp_path / "hparams.json"
+    path.write_text(json.dumps({"pong": {**entry, "student_width": 2.0}}))
+    with pytest.raises(UserError, match="the pong entry of .* sets student_width 2.0, but tune chose"):
+        _write_entry(path, "pong", entry)
+    assert json.loads(path.read_text())["pong"]["student_width"] == 2.0  # untouched
+    path.write_text(json.dumps({"pong": {**entry, "student_width": 1}}))
+    _write_entry(path, "pong", {**entry, "learning_rate": 2e-3})
+    assert json.loads(path.read_text())["pong"]["learning_rate"] == 2e-3
+
+
 def test_tune_runs_the_walk_once_and_writes_its_page_and_entry(tiny, tmp_path, capsys) -> None:
     (tmp_path / "hparams.json").write_text(json.dumps({"_comment": "x"}))
     cfg = tune_config(tiny, tmp_path, write_hparams=True)

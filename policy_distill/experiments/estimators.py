@@ -137,14 +137,20 @@ def summarise(rows: Iterable[Mapping[str, Any]], game: str) -> Summary:
     """Group the game's latest grid rows by estimator and fraction; intervals over seeds.
 
     Raises:
-        UserError: the rows mix centred and uncentred students (``centre_first_layer``): the
-            study compares estimators under one initialisation, so each goes in its own file.
+        UserError: the rows mix centred and uncentred students (``centre_first_layer``) or
+            students of several widths (``student_width``): the study compares estimators under
+            one student and initialisation, so each goes in its own file.
     """
     values: dict[tuple[str, float], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     grid = [r for r in latest_rows(rows) if r.get("game") == game and r.get("method") in ("kl", "sobolev")]
     if len({bool(r.get("centre_first_layer", False)) for r in grid}) > 1:
         raise UserError(
             f"the {game} rows mix centred and uncentred first layers (centre_first_layer); "
+            "summarise each in its own results file"
+        )
+    if len({float(r.get("student_width", 1.0)) for r in grid}) > 1:
+        raise UserError(
+            f"the {game} rows mix students of several widths (student_width); "
             "summarise each in its own results file"
         )
     for r in grid:

@@ -673,8 +673,8 @@ def write_page(summary: Summary, cfg: ReportConfig, fractions: Sequence[float], 
         lines += [f"- {game}, {o.describe()}" for game, o in overridden]
     lines += ["", "## Reproduce", "", "```bash", *_commands(summary, cfg), "```", ""]
     lines += [
-        f'The same through make: `make reproduce ARGS="--games {",".join(summary.games) or "pong"}"` and '
-        "`make report`. Each "
+        'The same through make: `make reproduce` (every game of the hyperparameter file; `ARGS="--games '
+        'breakout"` for one) and `make report`. Each '
         "`reproduce` skips the cells already in its results table; `--games`, `--fractions`, `--seeds` "
         "and `--methods` split the grid over machines, and `report --results a.jsonl,b.jsonl` joins "
         "their tables.",

@@ -145,7 +145,8 @@ class SweepConfig(TrainingSchedule):
 
     def check(self) -> None:
         """Raise UserError for settings that cannot run (messages name the fields)."""
-        self.game_list()
+        if _items(self.games):  # empty: every game of the hparams file, read when the sweep runs
+            self.game_list()
         self.seed_list()
         self.method_list()
         fractions = self.fraction_list()

@@ -663,6 +663,15 @@ def _write_entry(path: Path, game: str, entry: dict[str, Any]) -> None:
         raise UserError(
             f"hyperparameter file {path} is not readable JSON ({e}); fix it or pass another `hparams`"
         ) from None
+    # Tune's runs are the paper's student, uncentred: values chosen for it must not be paired
+    # silently with another student that a hand-written entry asked for.
+    kept = {k: raw.get(game, {}).get(k) for k in ("student_width", "centre_first_layer")}
+    other = [f"{k} {v}" for k, v in kept.items() if v not in (None, False, 1, 1.0)]
+    if other:
+        raise UserError(
+            f"the {game} entry of {path} sets {', '.join(other)}, but tune chose its values for the "
+            "paper's student; pass another `hparams` file or remove those fields first"
+        )
     raw[game] = entry
     text = json.dumps(raw, indent=2) + "\n"
     with tempfile.TemporaryDirectory() as scratch:
