@@ -496,49 +496,32 @@ def test_report_cli_prints_json_and_needs_a_table(tmp_path) -> None:
 def test_report_places_a_hand_written_discussion_and_preface_and_refuses_a_missing_one(tmp_path) -> None:
     _, page, _ = write_report(tmp_path, sobolev_shift=-0.2)
     assert "## Discussion" not in page
-    (tmp_path / "docs" / "discussion.md").write_text("Why the gap is small on Pong.\n")
-    make_report(
-        ReportConfig(
-            results=str(tmp_path / "results.jsonl"),
-            hparams=str(tmp_path / "hparams.json"),
-            out=str(tmp_path / "docs"),
+
+    def page_with(**files: str) -> str:
+        make_report(
+            ReportConfig(
+                results=str(tmp_path / "results.jsonl"),
+                hparams=str(tmp_path / "hparams.json"),
+                out=str(tmp_path / "docs"),
+                **files,
+            )
         )
-    )
-    page = (tmp_path / "docs" / "README.md").read_text()
+        return (tmp_path / "docs" / "README.md").read_text()
+
+    (tmp_path / "docs" / "discussion.md").write_text("Why the gap is small on Pong.\n")
+    page = page_with()
     assert (
         page.index("## Do the paper's claims hold?") < page.index("## Discussion") < page.index("## Waiting")
     )
     assert "Why the gap is small on Pong." in page
     # A preface goes under the title, before the setup: e.g. the teacher a page was made with.
     (tmp_path / "docs" / "preface.md").write_text("> Made with the earlier teacher.\n")
-    make_report(
-        ReportConfig(
-            results=str(tmp_path / "results.jsonl"),
-            hparams=str(tmp_path / "hparams.json"),
-            out=str(tmp_path / "docs"),
-        )
-    )
-    page = (tmp_path / "docs" / "README.md").read_text()
+    page = page_with()
     title, preface = page.index("# Reproduction"), page.index("> Made with the earlier teacher.")
     assert title < preface < page.index("## Setup")
-    with pytest.raises(UserError, match="`discussion` .*nope.md: no such file"):
-        make_report(
-            ReportConfig(
-                results=str(tmp_path / "results.jsonl"),
-                hparams=str(tmp_path / "hparams.json"),
-                out=str(tmp_path / "docs"),
-                discussion=str(tmp_path / "nope.md"),
-            )
-        )
-    with pytest.raises(UserError, match="`preface` .*nope.md: no such file"):
-        make_report(
-            ReportConfig(
-                results=str(tmp_path / "results.jsonl"),
-                hparams=str(tmp_path / "hparams.json"),
-                out=str(tmp_path / "docs"),
-                preface=str(tmp_path / "nope.md"),
-            )
-        )
+    for name in ("discussion", "preface"):
+        with pytest.raises(UserError, match=f"`{name}` .*nope.md: no such file"):
+            page_with(**{name: str(tmp_path / "nope.md")})
 
 
 def test_the_estimator_is_part_of_a_sobolev_cells_identity(tiny, tmp_path) -> None:
@@ -578,61 +561,50 @@ def test_the_estimator_is_part_of_a_sobolev_cells_identity(tiny, tmp_path) -> No
         load_hparams(tmp_path / "bad.json")
 
 
-def test_a_centred_first_layer_makes_both_methods_other_cells(tiny, tmp_path) -> None:
-    """centre_first_layer in the file: KL and Sobolev cells both run again, in their own
-    directories, with centred students; rows without the field stay uncentred cells."""
+@pytest.mark.parametrize(
+    ("field", "value", "suffix", "bad", "message"),
+    [
+        (
+            "centre_first_layer",
+            True,
+            "-seed0-centred",
+            "yes",
+            "centre_first_layer must be true or false, got 'yes'",
+        ),
+        ("student_width", 2.0, "-seed0-w2", 0, r"student_width must be a number in \(0, 16\], got 0"),
+    ],
+)
+def test_a_student_field_makes_both_methods_other_cells(
+    tiny, tmp_path, field, value, suffix, bad, message
+) -> None:
+    """centre_first_layer or student_width (the capacity test) in the file: KL and Sobolev cells
+    both run again, in their own directories, with that student; rows without the field are the
+    paper's student, and the report keeps them out of the new cells."""
     entry = {"learning_rate": 1e-3, "alpha": 0.5, "steps": 2, "chosen_by": "a test", "precision": "fp32"}
     write_hparams(tmp_path / "hparams.json", pong=entry)
     cfg = sweep_config(tiny, tmp_path, fractions="0.5")
     assert reproduce(cfg)["ran"] == 2
-    old_style = [
-        {k: v for k, v in r.items() if k != "centre_first_layer"} for r in lines(tmp_path / "results.jsonl")
-    ]
+    old_style = [{k: v for k, v in r.items() if k != field} for r in lines(tmp_path / "results.jsonl")]
     (tmp_path / "results.jsonl").write_text("".join(json.dumps(row) + "\n" for row in old_style))
     assert reproduce(cfg)["skipped"] == 2
 
-    write_hparams(tmp_path / "hparams.json", pong={**entry, "centre_first_layer": True})
-    assert reproduce(cfg)["ran"] == 2
-    centred = lines(tmp_path / "results.jsonl")[-2:]
-    assert {r["method"] for r in centred} == {"kl", "sobolev"}
-    for row in centred:
-        assert row["centre_first_layer"] is True and row["run_dir"].endswith("-seed0-centred")
-        assert torch.load(row["best_checkpoint"], weights_only=True)["config"]["centre_first_layer"] is True
-    write_hparams(tmp_path / "bad.json", pong={**entry, "centre_first_layer": "yes"})
-    with pytest.raises(UserError, match="centre_first_layer must be true or false, got 'yes'"):
-        load_hparams(tmp_path / "bad.json")
-
-
-def test_a_wider_student_makes_both_methods_other_cells(tiny, tmp_path) -> None:
-    """student_width in the file (the capacity test): both methods run again at that width, in
-    their own directories; rows without the field are the paper's student."""
-    entry = {"learning_rate": 1e-3, "alpha": 0.5, "steps": 2, "chosen_by": "a test", "precision": "fp32"}
-    write_hparams(tmp_path / "hparams.json", pong=entry)
-    cfg = sweep_config(tiny, tmp_path, fractions="0.5")
-    assert reproduce(cfg)["ran"] == 2
-    old_style = [
-        {k: v for k, v in r.items() if k != "student_width"} for r in lines(tmp_path / "results.jsonl")
-    ]
-    (tmp_path / "results.jsonl").write_text("".join(json.dumps(row) + "\n" for row in old_style))
-    assert reproduce(cfg)["skipped"] == 2  # rows without the field: the paper's student
-    write_hparams(tmp_path / "hparams.json", pong={**entry, "student_width": 2})
+    write_hparams(tmp_path / "hparams.json", pong={**entry, field: value})
     assert reproduce(cfg)["ran"] == 2 and reproduce(cfg)["skipped"] == 2
-    wide = lines(tmp_path / "results.jsonl")[-2:]
-    for row in wide:
-        assert row["student_width"] == 2.0 and row["run_dir"].endswith("-seed0-w2")
-        assert torch.load(row["best_checkpoint"], weights_only=True)["arch"]["hidden"] == 512
-    # The page reports the wide cells only, and says which width they are.
-    make_report(
-        ReportConfig(
-            results=str(tmp_path / "results.jsonl"),
-            hparams=str(tmp_path / "hparams.json"),
-            out=str(tmp_path / "page"),
-            fractions="0.5",
-            seeds="0",
-        )
+    new = lines(tmp_path / "results.jsonl")[-2:]
+    assert {r["method"] for r in new} == {"kl", "sobolev"}
+    for row in new:
+        assert row[field] == value and row["run_dir"].endswith(suffix)
+        assert torch.load(row["best_checkpoint"], weights_only=True)["config"][field] == value
+    report = ReportConfig(
+        results=str(tmp_path / "results.jsonl"),
+        hparams=str(tmp_path / "hparams.json"),
+        out=str(tmp_path / "page"),
+        fractions="0.5",
+        seeds="0",
     )
-    page = (tmp_path / "page" / "README.md").read_text()
-    assert "| student width |" in page and "2 row(s) made with other hyperparameters" in page
-    write_hparams(tmp_path / "bad.json", pong={**entry, "student_width": 0})
-    with pytest.raises(UserError, match=r"student_width must be a number in \(0, 16\], got 0"):
+    assert make_report(report)["excluded_rows"] == 2
+    if field == "student_width":
+        assert "| student width |" in (tmp_path / "page" / "README.md").read_text()
+    write_hparams(tmp_path / "bad.json", pong={**entry, field: bad})
+    with pytest.raises(UserError, match=message):
         load_hparams(tmp_path / "bad.json")
