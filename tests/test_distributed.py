@@ -62,7 +62,7 @@ def torchrun(cfg: DistillConfig, processes: int = 2) -> dict:
         env=env,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=300,  # two fresh interpreters importing torch: slow on a loaded 2-core machine
     )
     # The head of stderr holds the ranks' own messages, its tail torchrun's summary of who died.
     stderr = done.stderr if len(done.stderr) < 4000 else f"{done.stderr[:2000]}\n...\n{done.stderr[-2000:]}"
