@@ -129,7 +129,7 @@ class DistillConfig(TrainingSchedule):
     """Optimiser steps (3,000 x 200 frames: ~6.7 passes over a 90K-frame training split)."""
     learning_rate: float = 1e-3
     """Adam step size (the paper tuned it per game in [1e-5, 1e-3]; 1e-3 won on Pong's
-    validation split, see docs/tuning/pong.md)."""
+    validation split, see docs/tuning/pong-interim-teacher.md)."""
     alpha: float | None = None
     """Weight of the Sobolev term; 0 trains on the KL alone. Default: the value chosen for the
     estimator on Pong's validation split (``TUNED_ALPHA``; docs/estimators.md), because the
