@@ -143,16 +143,13 @@ def summarise(rows: Iterable[Mapping[str, Any]], game: str) -> Summary:
     """
     values: dict[tuple[str, float], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     grid = [r for r in latest_rows(rows) if r.get("game") == game and r.get("method") in ("kl", "sobolev")]
-    if len({bool(r.get("centre_first_layer", False)) for r in grid}) > 1:
-        raise UserError(
-            f"the {game} rows mix centred and uncentred first layers (centre_first_layer); "
-            "summarise each in its own results file"
-        )
-    if len({float(r.get("student_width", 1.0)) for r in grid}) > 1:
-        raise UserError(
-            f"the {game} rows mix students of several widths (student_width); "
-            "summarise each in its own results file"
-        )
+    # A centred or wider student is another student: one file holds one kind.
+    for field, default, kinds in (
+        ("centre_first_layer", False, "centred and uncentred first layers"),
+        ("student_width", 1.0, "students of several widths"),
+    ):
+        if len({r.get(field, default) for r in grid}) > 1:
+            raise UserError(f"the {game} rows mix {kinds} ({field}); summarise each in its own results file")
     for r in grid:
         cell = values[(row_label(r), float(r["train_fraction"]))]
         for m in QUALITY:
