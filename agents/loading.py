@@ -15,9 +15,8 @@ import torch
 from torch import Tensor, nn
 
 from agents.imported import is_cleanrl_state_dict, is_sb3_zip, load_cleanrl_state_dict, load_sb3_zip
-from agents.networks import TeacherNet
-from agents.teacher_file import TEACHER_FORMAT
-from policy_distill.checkpoint import require_format, safe_torch_load, sha256_file
+from agents.teacher_file import teacher_from_record
+from policy_distill.checkpoint import safe_torch_load, sha256_file
 from policy_distill.errors import UserError
 from policy_distill.settings import GAMES, EnvSettings, game_info
 
@@ -147,29 +146,6 @@ def _resolve(name_or_path: str | Path) -> tuple[Path, str]:
     return candidate, game
 
 
-def _load_native(record: Any, path: Path) -> tuple[nn.Module, EnvSettings]:
-    record = require_format(record, TEACHER_FORMAT, path, what="teacher checkpoint")
-    try:
-        settings = EnvSettings.from_dict(record["settings"])
-        state = {k: v.float() for k, v in record["state_dict"].items()}
-        num_actions = int(record["num_actions"])
-    except (KeyError, TypeError, AttributeError) as e:
-        raise UserError(f"teacher checkpoint {str(path)!r} is missing {e}; it is corrupted") from None
-    if num_actions != settings.num_actions or state["policy_head.weight"].shape[0] != num_actions:
-        raise UserError(
-            f"teacher {str(path)!r} has {state['policy_head.weight'].shape[0]} actions but "
-            f"{settings.game} has {settings.num_actions}; the checkpoint is corrupted"
-        )
-    net = TeacherNet(num_actions, in_frames=settings.stack)
-    try:
-        net.load_state_dict(state)
-    except RuntimeError as e:
-        raise UserError(
-            f"teacher checkpoint {str(path)!r} does not fit the teacher network ({str(e).splitlines()[0]})"
-        ) from None
-    return net, settings
-
-
 def _warn_game_on_trust(path: Path, game: str) -> None:
     """Warn (stderr) when a file that does not record its game fits another game's action count."""
     same = [g for g, info in GAMES.items() if g != game and info.num_actions == GAMES[game].num_actions]
@@ -218,7 +194,8 @@ def load_teacher(
             net, teacher_settings, kind = imported.net, imported.settings, imported.kind
             game_source = imported.game_source
         else:
-            net, teacher_settings = _load_native(record, path)
+            native = teacher_from_record(record, path)
+            net, teacher_settings = native.net, native.settings
     if game is not None and game_info(game).name != teacher_settings.game:
         raise UserError(
             f"teacher {str(path)!r} plays {teacher_settings.game}, not {game_info(game).name}; "

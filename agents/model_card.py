@@ -7,11 +7,13 @@ file. A hand-written ``## Notes`` section already on the card is kept when the c
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 from typing import Any
 
-from policy_distill.checkpoint import atomic_write_bytes, safe_torch_load, sha256_file
+from agents.teacher_file import read_teacher
+from policy_distill.checkpoint import atomic_write_bytes, sha256_file
 from policy_distill.evaluation import Scores
 
 NOTES_HEADING = "## Notes"
@@ -63,10 +65,10 @@ def plot_learning_curve(curve: list[list[float]], game: str, path: Path) -> Path
     ax.set_title(f"{game}: PPO teacher learning curve")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, metadata={"Software": None})
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", metadata={"Software": None})
     plt.close(fig)
-    tmp.replace(path)
+    atomic_write_bytes(path, buf.getvalue())
     return path
 
 
@@ -89,16 +91,17 @@ def write_model_card(
         greedy: The same games with argmax actions, when measured.
     """
     teacher_path = Path(teacher_path)
-    record: dict[str, Any] = safe_torch_load(teacher_path, what="teacher checkpoint")
-    training = record.get("training", {})
+    teacher = read_teacher(teacher_path)
+    record, training, game = teacher.record, teacher.training, teacher.settings.game
     hp = training.get("hyperparameters", {})
     steps, frames = training.get("agent_steps", 0), training.get("emulator_frames", 0)
     total = hp.get("total_steps")
     dtype = training.get("weights_dtype", "float32")
-    versions = ", ".join(f"{k} {v}" for k, v in record.get("versions", {}).items())
+    recorded = record.get("versions")
+    versions = ", ".join(f"{k} {v}" for k, v in (recorded if isinstance(recorded, dict) else {}).items())
     card = teacher_path.with_suffix(".md")
     curve_png = plot_learning_curve(
-        training.get("curve", []), record["game"], teacher_path.with_name(f"{teacher_path.stem}_curve.png")
+        training.get("curve", []), game, teacher_path.with_name(f"{teacher_path.stem}_curve.png")
     )
     # The trainer's own verdict first: it plans whole updates, so a finished run may stop a few
     # steps short of total_steps (10M planned, 4,882 updates of 2,048 = 9,998,336 steps).
@@ -117,9 +120,9 @@ def write_model_card(
     else:
         status = "Training finished."
     lines = [
-        f"# Teacher: {record['game']} (`{teacher_path.name}`)",
+        f"# Teacher: {game} (`{teacher_path.name}`)",
         "",
-        f"The paper's teacher network ({record['architecture']['name']}: conv 32 8x8/4, conv 64 4x4/2, "
+        f"The paper's teacher network ({teacher.architecture}: conv 32 8x8/4, conv 64 4x4/2, "
         "conv 64 3x3/1, linear 512, policy and value heads), trained by this toolkit's PPO trainer "
         "(`agents/ppo.py`).",
         "",

@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from torch.utils.tensorboard import SummaryWriter
 
 from agents.networks import TeacherNet
-from agents.teacher_file import TEACHER_FORMAT, teacher_record
+from agents.teacher_file import TeacherFile, read_teacher, teacher_record
 from policy_distill.checkpoint import (
     atomic_torch_save,
     hardware_description,
@@ -336,15 +336,10 @@ def train_ppo(
 
     state_path = out_dir / "trainer_state.pt"
     if state_path.exists():
-        state = require_format(
-            safe_torch_load(state_path, what="trainer state"),
-            TRAINER_FORMAT,
-            state_path,
-            what="trainer state",
-        )
-        saved = PPOConfig(**state["config"])
+        state = read_trainer_state(state_path)
+        saved = state.config
         # What may change on resume: the budget (the schedule stretches), the machine's settings.
-        free = ("device", "total_steps", "checkpoint_every", "precision", "channels_last")
+        free = ("total_steps", *_MACHINE_SETTINGS)
         differ = [
             f"{f.name} {getattr(saved, f.name)!r} -> {getattr(cfg, f.name)!r}"
             for f in dataclasses.fields(cfg)
@@ -355,31 +350,23 @@ def train_ppo(
                 f"{out_dir} holds a run with other settings ({', '.join(differ)}); pass the same "
                 "arguments to resume or choose another output directory"
             )
-        net.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        global_step, first_update = state["global_step"], state["update"] + 1
-        segments = _segments_of(state.get("segments"), state["global_step"], state["wall_time_s"], None)
-        curve = [list(point) for point in state.get("curve", [])]
+        try:
+            net.load_state_dict(state.model)
+            optimizer.load_state_dict(state.optimizer)
+        except (RuntimeError, ValueError, KeyError, TypeError, IndexError, AttributeError) as e:
+            raise UserError(
+                f"trainer state {str(state_path)!r} does not fit the teacher network or its optimizer "
+                f"({type(e).__name__}: {str(e).splitlines()[0][:100] if str(e) else ''}); {_STATE_FIX}"
+            ) from None
+        global_step, first_update = state.global_step, state.update + 1
+        segments, curve = state.segments, state.curve
         print(f"resuming {out_dir} at step {global_step:,}")
     elif init_from is not None:
-        record = require_format(
-            safe_torch_load(init_from, what="teacher checkpoint"),
-            TEACHER_FORMAT,
-            init_from,
-            what="teacher checkpoint",
-        )
-        EnvSettings.from_dict(record["settings"]).check_matches(settings, mine="teacher", theirs="run")
-        net.load_state_dict({k: v.float() for k, v in record["state_dict"].items()})
-        training = record.get("training", {})
-        global_step = int(training.get("agent_steps", 0))
+        teacher = read_teacher(init_from)
+        teacher.settings.check_matches(settings, mine="teacher", theirs="run")
+        net.load_state_dict(teacher.state_dict)
+        global_step, segments, curve = _history_of_teacher(teacher)
         first_update = global_step // cfg.batch_size + 1
-        segments = _segments_of(
-            training.get("segments"),
-            global_step,
-            float(training.get("wall_time_s", 0.0)),
-            training.get("hardware"),
-        )
-        curve = [list(point) for point in training.get("curve", [])]
         print(f"continuing from {init_from} at step {global_step:,} (fresh Adam moments)")
     segment = {
         "hardware": hardware_description(),
@@ -546,6 +533,122 @@ def _segments_of(
     ]
 
 
+def _history_problem(segments: Any, curve: Any) -> str | None:
+    """What is wrong with a stored record of machines (``segments``, None when not recorded) and
+    learning curve, or None when both are well formed."""
+
+    def number(x: Any) -> bool:
+        return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+    if segments is not None and not (
+        isinstance(segments, list)
+        and all(
+            isinstance(seg, dict) and all(number(seg.get(k)) for k in ("from_step", "to_step", "wall_time_s"))
+            for seg in segments
+        )
+    ):
+        return "a malformed record of machines (segments)"
+    if not (
+        isinstance(curve, list)
+        and all(isinstance(p, (list, tuple)) and len(p) == 3 and all(map(number, p)) for p in curve)
+    ):
+        return "a malformed learning curve"
+    return None
+
+
+def _history_of_teacher(teacher: TeacherFile) -> tuple[int, list[dict[str, Any]], list[list[float]]]:
+    """The step count, record of machines and learning curve a run continued from ``teacher`` carries."""
+    training = teacher.training
+    problem = _history_problem(training.get("segments"), training.get("curve", []))
+    try:
+        global_step = int(training.get("agent_steps", 0))
+        wall_time_s = float(training.get("wall_time_s", 0.0))
+    except (TypeError, ValueError):
+        problem = problem or "a malformed step count or wall time"
+    if problem is not None:
+        raise UserError(
+            f"teacher checkpoint {str(teacher.path)!r} records {problem} in its training history; "
+            "continue from another teacher checkpoint, or start afresh without --init-from"
+        )
+    segments = _segments_of(training.get("segments"), global_step, wall_time_s, training.get("hardware"))
+    return global_step, segments, [list(point) for point in training.get("curve", [])]
+
+
+_MACHINE_SETTINGS = ("device", "checkpoint_every", "precision", "channels_last")
+"""Trainer settings of the machine, not of the learning problem: they may change on resume, and a
+state written before one existed takes its default."""
+_STATE_FIX = (
+    "use the policy-distill version that wrote it, or start the run afresh in another output directory"
+)
+
+
+@dataclass(frozen=True)
+class TrainerState:
+    """A ``trainer_state.pt`` read and checked by :func:`read_trainer_state`."""
+
+    config: PPOConfig
+    model: dict[str, Tensor]
+    optimizer: dict[str, Any]
+    global_step: int
+    update: int
+    segments: list[dict[str, Any]]
+    """The record of machines (see :func:`_segments_of`)."""
+    curve: list[list[float]]
+
+
+def read_trainer_state(path: str | Path) -> TrainerState:
+    """Read a trainer state (``weights_only``) and check its fields, for resuming or exporting.
+
+    Raises:
+        UserError: a missing, truncated, pickled or foreign file, or one whose settings or
+            counters are missing, unknown or malformed: one line naming the file and the fix.
+    """
+    path = Path(path)
+    record = safe_torch_load(path, what="trainer state")
+    state = require_format(record, TRAINER_FORMAT, path, what="trainer state")
+
+    def bad(problem: str) -> UserError:
+        return UserError(f"trainer state {str(path)!r} {problem}; {_STATE_FIX}")
+
+    config = state.get("config")
+    if not isinstance(config, dict):
+        raise bad("lacks its trainer settings (config)")
+    names = [f.name for f in dataclasses.fields(PPOConfig)]
+    unknown = [str(k) for k in config if k not in names]
+    missing = [n for n in names if n not in config and n not in _MACHINE_SETTINGS]
+    if unknown or missing:
+        found = [f"unknown settings {', '.join(unknown)}"] if unknown else []
+        found += [f"no {', '.join(missing)}"] if missing else []
+        raise bad(f"records {' and '.join(found)} (written by another version of policy-distill?)")
+    try:
+        cfg = PPOConfig(**config)
+    except UserError as e:
+        raise bad(f"holds {e}") from None
+    except (TypeError, ValueError, AttributeError) as e:
+        raise bad(f"holds malformed trainer settings ({type(e).__name__}: {str(e)[:100]})") from None
+    model, optimizer = state.get("model"), state.get("optimizer")
+    if not isinstance(model, dict) or not all(isinstance(v, Tensor) for v in model.values()):
+        raise bad("lacks the network's weights (model)")
+    if not isinstance(optimizer, dict):
+        raise bad("lacks the optimizer's state (optimizer)")
+    counters = {k: state.get(k) for k in ("global_step", "update", "wall_time_s")}
+    for key, value in counters.items():
+        if not isinstance(value, (float, int) if key == "wall_time_s" else int) or isinstance(value, bool):
+            raise bad(f"records no valid {key} ({value!r})")
+    problem = _history_problem(state.get("segments"), state.get("curve", []))
+    if problem is not None:
+        raise bad(f"records {problem}")
+    return TrainerState(
+        config=cfg,
+        model=model,
+        optimizer=optimizer,
+        global_step=state["global_step"],
+        update=state["update"],
+        segments=_segments_of(state.get("segments"), state["global_step"], state["wall_time_s"], None),
+        curve=[list(point) for point in state.get("curve", [])],
+    )
+
+
 def _training_record(
     cfg: PPOConfig,
     settings: EnvSettings,
@@ -612,15 +715,12 @@ def export_teacher(
     """
     run_dir = Path(run_dir)
     state_path = run_dir / "trainer_state.pt"
-    state = require_format(
-        safe_torch_load(state_path, what="trainer state"), TRAINER_FORMAT, state_path, what="trainer state"
-    )
-    cfg = PPOConfig(**state["config"])
+    state = read_trainer_state(state_path)
+    cfg = state.config
     settings = cfg.settings()
-    model = {k: (v.half() if half and v.is_floating_point() else v) for k, v in state["model"].items()}
-    segments = _segments_of(state.get("segments"), state["global_step"], state["wall_time_s"], None)
-    training = _training_record(cfg, settings, state["global_step"], segments, state.get("curve", []))
-    reached_total = state["global_step"] >= cfg.num_updates * cfg.batch_size
+    model = {k: (v.half() if half and v.is_floating_point() else v) for k, v in state.model.items()}
+    training = _training_record(cfg, settings, state.global_step, state.segments, state.curve)
+    reached_total = state.global_step >= cfg.num_updates * cfg.batch_size
     training["finished"] = reached_total or final
     if final and not reached_total:
         training["stopped_early"] = True

@@ -18,7 +18,6 @@ shift of the previous one, a new segment with its full stack starts, so rebuildi
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import tempfile
@@ -38,7 +37,7 @@ from policy_distill.checkpoint import (
     os_error_text,
     package_versions,
 )
-from policy_distill.dataset import remove_stale_dataset_temporaries, write_dataset
+from policy_distill.dataset import read_raw_meta, remove_stale_dataset_temporaries, write_dataset
 from policy_distill.devices import release_freed_memory
 from policy_distill.envs import GameTracker, make_vector_env
 from policy_distill.errors import MAX_ENV_SEED, UserError, at_least, check_fields, within
@@ -141,13 +140,8 @@ def existing_dataset_matches(out_dir: Path, expected: dict[str, Any]) -> bool:
         if out_dir.exists() and any(out_dir.iterdir()):
             raise UserError(f"{out_dir} exists but holds no meta.json; remove it or pass `overwrite`")
         return False
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise UserError(
-            f"{meta_path} cannot be read ({type(e).__name__}); pass `overwrite` to record the dataset again"
-        ) from None
-    args = meta.get("collect_args") if isinstance(meta, dict) else None
+    meta = read_raw_meta(out_dir, fix="pass `overwrite` to record the dataset again")
+    args = meta.get("collect_args")
     if not isinstance(args, dict):
         raise UserError(f"{meta_path} is not a dataset's metadata; pass `overwrite` to record it again")
     found = {k: args.get(k) for k in expected}
@@ -180,11 +174,19 @@ def collect(
     settings = teacher.settings
     expected = _dataset_args(teacher, settings, cfg)
     if not overwrite and existing_dataset_matches(out_dir, expected):
-        meta = json.loads((out_dir / "meta.json").read_text())
-        print(f"reusing the complete dataset in {out_dir} ({meta['frames']:,} frames)")
-        return meta
+        return _reuse(out_dir)
+    absent = not out_dir.exists()
     with _Destination(out_dir, cfg):
+        # The clean-up of a killed write may have put its finished recording in place.
+        if not overwrite and absent and existing_dataset_matches(out_dir, expected):
+            return _reuse(out_dir)
         return _record(teacher, cfg, out_dir, expected, progress=progress)
+
+
+def _reuse(out_dir: Path) -> dict[str, Any]:
+    meta = read_raw_meta(out_dir, fix="pass `overwrite` to record the dataset again")
+    print(f"reusing the complete dataset in {out_dir} ({meta['frames']:,} frames)")
+    return meta
 
 
 class _Destination:

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from policy_distill.checkpoint import atomic_write_json, fsync_path, pid_alive, sha256_file
+from policy_distill.checkpoint import atomic_write_json, fsync_path, os_error_text, pid_alive, sha256_file
 from policy_distill.errors import UserError
 from policy_distill.settings import EnvSettings
 
@@ -209,9 +209,22 @@ def dataset_content_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def _read_meta(path: Path) -> dict[str, Any]:
+def read_raw_meta(path: str | Path, *, fix: str | None = None) -> dict[str, Any]:
+    """The ``meta.json`` of the dataset at ``path`` as a JSON object, its keys unchecked
+    (:func:`read_meta` checks them).
+
+    Args:
+        path: The dataset directory.
+        fix: What the user should do about a damaged meta.json; by default the command that
+            records the dataset again (:func:`recollect_hint`).
+
+    Raises:
+        UserError: one line naming the file, the problem and the fix: ``path`` a file, no
+            meta.json, one this user cannot read, not JSON text, or not a JSON object.
+    """
+    path = Path(path)
     meta_path = path / "meta.json"
-    fix = recollect_hint(path)
+    fix = fix or recollect_hint(path)
     if path.exists() and not path.is_dir():
         raise UserError(f"dataset {str(path)!r} is a file, not a directory; pass the dataset directory")
     if not meta_path.exists():
@@ -230,6 +243,36 @@ def _read_meta(path: Path) -> dict[str, Any]:
         raise UserError(f"{meta_path} is corrupted (not JSON text); {fix}") from None
     if not isinstance(meta, dict):
         raise UserError(f"{meta_path} is not a JSON object (it holds a {type(meta).__name__}); {fix}")
+    return meta
+
+
+def recorded_content_sha256(path: str | Path) -> str | None:
+    """The content SHA-256 that the dataset at ``path`` records in its meta.json (what students
+    record as their provenance), without reading the array files; None where ``path`` holds no
+    meta.json (no recording) or the meta.json records no hash.
+
+    Raises:
+        UserError: a meta.json that is unreadable, not JSON text or not a JSON object (one line
+            naming the file and the command that records the dataset again).
+    """
+    path = Path(path)
+    if not (path / "meta.json").is_file():
+        return None
+    sha = read_raw_meta(path).get("content_sha256")
+    return sha if isinstance(sha, str) else None
+
+
+def read_meta(path: str | Path) -> dict[str, Any]:
+    """The checked ``meta.json`` of the dataset at ``path``: a JSON object of this format and
+    version, with every key of :data:`REQUIRED_META` and settings that agree with its game.
+    Reads no array file (:func:`load_dataset` checks those).
+
+    Raises:
+        UserError: one line naming the file, the problem and the fix.
+    """
+    path = Path(path)
+    meta_path = path / "meta.json"
+    meta = read_raw_meta(path)
     if meta.get("format") != DATASET_FORMAT or meta.get("format_version") != DATASET_FORMAT_VERSION:
         raise UserError(
             f"{path} is not a policy-distill dataset of format version {DATASET_FORMAT_VERSION}; "
@@ -331,7 +374,7 @@ def load_dataset(path: str | Path, *, mmap: bool = True, verify: bool = True) ->
         UserError: one line naming the file and the fix.
     """
     path = Path(path)
-    meta = _read_meta(path)
+    meta = read_meta(path)
     fix = recollect_hint(path, meta["game"])
     arrays: dict[str, np.ndarray] = {}
     for name in ARRAY_FILES:
@@ -426,18 +469,60 @@ def write_dataset(out_dir: str | Path, arrays: dict[str, np.ndarray], meta: dict
     return meta
 
 
+def _is_complete_dataset(path: Path) -> bool:
+    """True if ``path`` holds every array file and a valid meta.json (written last, so a write
+    killed earlier leaves none)."""
+    if not all((path / f"{name}.npy").is_file() for name in ARRAY_FILES):
+        return False
+    try:
+        read_meta(path)
+    except UserError:
+        return False
+    return True
+
+
 def remove_stale_dataset_temporaries(out_dir: str | Path) -> list[Path]:
-    """Delete ``.<name>.tmp-<pid>/`` and ``.<name>.old-<pid>/`` beside ``out_dir`` whose process
-    died (an interrupted or killed write: up to 0.7 GB each), with one line per directory."""
+    """Clear up after writes whose process died: ``.<name>.tmp-<pid>/`` (the recording being
+    written) and ``.<name>.old-<pid>/`` (the dataset it replaces) beside ``out_dir``, up to
+    0.7 GB each, with one line per directory.
+
+    A write killed between its two renames leaves no dataset at ``out_dir``. Then, before any
+    deletion, the newest complete temporary (its meta.json, written last, is there) is renamed
+    into place: the recording that write had finished. Failing one, the newest complete old
+    dataset is put back. The rest are deleted.
+
+    Returns:
+        The directories deleted (not the one put in place).
+    """
     out_dir = Path(out_dir)
-    removed = []
-    for kind in ("tmp", "old"):
-        for entry in out_dir.parent.glob(f".{out_dir.name}.{kind}-*"):
+    stale: dict[str, list[Path]] = {"tmp": [], "old": []}
+    for kind, entries in stale.items():
+        for entry in sorted(out_dir.parent.glob(f".{out_dir.name}.{kind}-*")):
             pid = entry.name.rsplit("-", 1)[-1]
-            if not pid.isdigit() or pid_alive(int(pid)) or not entry.is_dir():
+            if pid.isdigit() and not pid_alive(int(pid)) and entry.is_dir():
+                entries.append(entry)
+    if not os.path.lexists(out_dir):
+        for kind, what in (
+            ("tmp", "the recording a killed write had finished"),
+            ("old", "the dataset a killed write was replacing"),
+        ):
+            complete = [e for e in stale[kind] if _is_complete_dataset(e)]
+            if not complete:
                 continue
-            size = sum(f.stat().st_size for f in entry.rglob("*") if f.is_file())
-            shutil.rmtree(entry, ignore_errors=True)
-            print(f"removed {entry}, left by a write that did not finish ({size / 1e6:.0f} MB)")
-            removed.append(entry)
+            newest = max(complete, key=lambda e: (e / "meta.json").stat().st_mtime)
+            try:
+                newest.rename(out_dir)
+                fsync_path(out_dir.parent)
+            except OSError as e:
+                print(f"kept {newest} ({what}): could not move it to {out_dir} ({os_error_text(e)})")
+                return []  # nothing is deleted while the recording it holds is not in place
+            print(f"restored {out_dir} from {newest}: {what}")
+            stale[kind].remove(newest)
+            break
+    removed = []
+    for entry in stale["tmp"] + stale["old"]:
+        size = sum(f.stat().st_size for f in entry.rglob("*") if f.is_file())
+        shutil.rmtree(entry, ignore_errors=True)
+        print(f"removed {entry}, left by a write that did not finish ({size / 1e6:.0f} MB)")
+        removed.append(entry)
     return removed

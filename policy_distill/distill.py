@@ -201,7 +201,7 @@ class DistillConfig(TrainingSchedule):
                 at_least(self, "samples_per_direction", 1),
                 (
                     "samples_per_direction",
-                    f"{self.samples_per_direction} does not divide batch_size {self.batch_size}; "
+                    f"{self.samples_per_direction} does not divide `batch_size` {self.batch_size}; "
                     "pass a divisor (1: a direction per sample)",
                 )
                 if self.samples_per_direction >= 1 and self.batch_size % self.samples_per_direction
@@ -227,7 +227,7 @@ class DistillConfig(TrainingSchedule):
                 one_of(self, "validation_boundary", VALIDATION_BOUNDARIES),
                 (
                     "validation_fraction",
-                    "cannot be combined with test_data (validation is carved from training)",
+                    "cannot be combined with `test_data` (validation is carved from training)",
                 )
                 if self.validation_fraction and self.test_data
                 else None,
@@ -652,14 +652,14 @@ def _distill(cfg: DistillConfig, *, progress: bool, world: World | None = None) 
         test_store, test_idx = store, split.test
     if len(test_idx) == 0:
         raise UserError(
-            f"train_fraction {cfg.train_fraction} (validation_fraction {cfg.validation_fraction}) leaves "
-            "no held-out episode; lower the first, raise the second, or give a separate test dataset"
+            f"`train_fraction` {cfg.train_fraction} (`validation_fraction` {cfg.validation_fraction}) "
+            "leaves no held-out episode; lower the first, raise the second, or give a `test_data` set"
         )
     if len(split.train) == 0:
         raise UserError(
-            f"train_fraction {cfg.train_fraction} holds no episode start before its validation part "
-            f"(validation_fraction {cfg.validation_fraction}, boundary previous), so nothing is left to "
-            "train on; raise train_fraction or use validation_boundary next"
+            f"`train_fraction` {cfg.train_fraction} holds no episode start before its validation part "
+            f"(`validation_fraction` {cfg.validation_fraction}, boundary previous), so nothing is left "
+            "to train on; raise `train_fraction` or pass `validation_boundary` next"
         )
     held_out = "validation" if cfg.validation_fraction else "test"
     say(
@@ -722,8 +722,9 @@ def _distill(cfg: DistillConfig, *, progress: bool, world: World | None = None) 
     student.train()
     started, step_at_start = time.time(), state.step
     window_start, window_steps = time.time(), 0
-    # Sum of the batch KL since the last evaluation, kept on the device (no sync per step): the
-    # training KL beside each held-out one shows how far a student memorised its frames.
+    # Sum of the batch KL since the last evaluation, kept on the device so that reading it costs
+    # no `.item()` per step (the finiteness check below already syncs once a step): the training
+    # KL beside each held-out one shows how far a student memorised its frames.
     train_kl_sum, train_kl_steps = torch.zeros((), device=device), 0
     while state.step < cfg.steps:
         idx = train_idx[torch.randint(len(train_idx), (cfg.batch_size,), device=device, generator=generator)]

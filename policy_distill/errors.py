@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 
 MAX_ENV_SEED = 2**31 - 1
@@ -41,8 +42,15 @@ class ConfigError(UserError):
         super().__init__(self.render())
 
     def render(self, name: Callable[[str], str] = str) -> str:
-        """One line naming every problem, each field spelled by ``name``."""
-        return f"invalid {self.what}: " + "; ".join(f"{name(field)} {text}" for field, text in self.problems)
+        """One line naming every problem, each field spelled by ``name``: the leading field of
+        each problem and every field its text names in backticks (`batch_size`)."""
+
+        def spell(text: str) -> str:
+            return re.sub(r"`([a-z_]+)`", lambda m: f"`{name(m[1])}`", text)
+
+        return f"invalid {self.what}: " + "; ".join(
+            f"{name(field)} {spell(text)}" for field, text in self.problems
+        )
 
 
 def check_fields(what: str, problems: Sequence[tuple[str, str] | None]) -> None:

@@ -24,7 +24,6 @@ import contextlib
 import io
 import json
 import logging
-import os
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -286,14 +285,6 @@ class ExportResult:
     check: dict[str, Any]
 
 
-def _usual_permissions(path: Path) -> None:
-    """Give a written file the permissions of any new file (the atomic writer's temporary file
-    is private, 0600): an exported policy is meant to be copied and served by others."""
-    umask = os.umask(0)
-    os.umask(umask)
-    path.chmod(0o666 & ~umask)
-
-
 def default_output(checkpoint: str | Path, fmt: str) -> Path:
     """``runs/pong/<run>/best.pt`` -> ``runs/pong/<run>/best.torchscript.pt`` / ``best.onnx``."""
     checkpoint = Path(checkpoint)
@@ -305,7 +296,8 @@ def export_student(
 ) -> ExportResult:
     """Export a student checkpoint to ``out`` (default :func:`default_output`) plus ``<out>.json``.
 
-    Both files are written atomically, and only after the exported file's log-probabilities
+    Both files are written atomically, with the umask's permissions (as any new file: an export is
+    meant to be copied and served by others), and only after the exported file's log-probabilities
     matched the checkpoint's (see :func:`check_export`).
 
     Raises:
@@ -324,8 +316,6 @@ def export_student(
     atomic_write_bytes(out, data)
     sidecar = out.with_name(out.name + ".json")
     atomic_write_json(sidecar, sidecar_record(student, checkpoint, out, fmt, check))
-    for path in (out, sidecar):
-        _usual_permissions(path)
     return ExportResult(model=out, sidecar=sidecar, fmt=fmt, bytes=len(data), check=check)
 
 

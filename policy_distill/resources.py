@@ -6,13 +6,13 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from policy_distill.dataset import read_raw_meta
 from policy_distill.errors import UserError
 
 SOBOLEV_BYTES_PER_SAMPLE = 250_000
@@ -76,12 +76,13 @@ def check_memory(cfg: Any, device: torch.device) -> None:
     Raises:
         UserError: naming the field whose part is largest, the estimate and what is available.
     """
-    meta_path = Path(cfg.data or f"data/{cfg.game}") / "meta.json"
+    data = Path(cfg.data or f"data/{cfg.game}")
     frames = cfg.frames
-    try:
-        frames = int(json.loads(meta_path.read_text())["frames_stored"])
-    except (OSError, ValueError, KeyError, TypeError):
-        pass
+    if (data / "meta.json").is_file():  # else distill records cfg.frames first
+        try:
+            frames = int(read_raw_meta(data)["frames_stored"])
+        except (ValueError, KeyError, TypeError):
+            pass
     parts = memory_estimate(cfg, frames)
     if device.type == "cuda":
         parts["base"] = 0  # torch's own memory is on the host

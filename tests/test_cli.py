@@ -29,6 +29,11 @@ def run_cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
             "--grad-norm must be one of l2, squared_l2, l1, got 'l3'",
         ),
         (["distill", "--game", "pong", "--alpha", "-1"], "--alpha must be at least 0, got -1.0"),
+        # A field named inside a problem's text is spelled as a flag too, not as the field.
+        (
+            ["distill", "--game", "pong", "--samples-per-direction", "3"],
+            "--samples-per-direction 3 does not divide `--batch-size` 200",
+        ),
         (["evaluate", "--checkpoint", "nothing.pt"], "does not exist"),
         (["frobnicate"], "invalid choice"),
     ],

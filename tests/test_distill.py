@@ -276,7 +276,7 @@ def test_validation_run_holds_out_part_of_the_training_split(tiny) -> None:
     assert record["dataset"]["train_frames"] == len(val.train)
     assert record["dataset"]["test_frames"] == len(val.test)
     assert val.test[-1] < len(dataset.split(0.9).train)  # the test part is never looked at
-    with pytest.raises(UserError, match="validation_fraction cannot be combined with test_data"):
+    with pytest.raises(UserError, match="validation_fraction cannot be combined with `test_data`"):
         config(tiny, validation_fraction=0.3, test_data=str(tiny / "data"))
 
 
@@ -294,7 +294,7 @@ def test_previous_boundary_validation_and_a_training_part_inside_one_episode(tin
     dataset = load_dataset(tiny / "data")
     inside_first = (dataset.episode_starts[1] - 1) / len(dataset)  # no episode start but sample 0
     with pytest.raises(
-        UserError, match="holds no episode start before its validation part.*raise train_fraction"
+        UserError, match="holds no episode start before its validation part.*raise `train_fraction`"
     ):
         distill(
             config(tiny, train_fraction=inside_first, validation_fraction=0.3, validation_boundary="previous")
@@ -318,7 +318,7 @@ def test_samples_per_direction_must_divide_the_batch_and_names_the_run() -> None
     """One direction per sample unless asked; a count that does not divide the batch is refused
     in argument terms; a shared run gets its own name, so the two never resume each other."""
     assert DistillConfig(sobolev_estimator="fd").samples_per_direction == 1
-    with pytest.raises(UserError, match="samples_per_direction 3 does not divide batch_size 200"):
+    with pytest.raises(UserError, match="samples_per_direction 3 does not divide `batch_size` 200"):
         DistillConfig(sobolev_estimator="fd", samples_per_direction=3)
     with pytest.raises(UserError, match="samples_per_direction"):
         DistillConfig(samples_per_direction=0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import sys
 import warnings
 
@@ -84,6 +85,19 @@ def test_torchscript_export_matches_the_checkpoint_and_runs_with_torch_alone(che
     assert provenance["teacher"]["name"] == "breakout" and provenance["step"] == 7
     assert provenance["trained_with"] == {"torch": "x"} and "torch" in provenance["exported_with"]
     assert sidecar["parameters"] == sum(p.numel() for p in load_student(checkpoint).parameters())
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_exported_files_take_the_umasks_permissions(checkpoint, tmp_path, umask) -> None:
+    """Not the atomic writer's private 0600: an export is meant to be copied and served by others."""
+    old = os.umask(umask)
+    try:
+        result = export_student(checkpoint, "torchscript", tmp_path / "policy.pt")
+    finally:
+        os.umask(old)
+    for path in (result.model, result.sidecar):
+        assert path.stat().st_mode & 0o777 == 0o666 & ~umask, path
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["policy.pt", "policy.pt.json"]
 
 
 @pytest.mark.skipif(

@@ -8,6 +8,7 @@ subprocesses. A new command joins by adding its rows to :data:`CASES`.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import hashlib
 import json
@@ -436,6 +437,32 @@ def test_cli_errors_that_once_crashed_the_interpreter(tmp_path: Path) -> None:
         timeout=120,
     )
     assert result.returncode == 2 and result.stderr.count("\n") == 1 and "--num-envs" in result.stderr
+
+
+def test_malformed_teacher_and_trainer_state_are_one_line_at_the_command_line(
+    tmp_path: Path, capsys, make_teacher_file
+) -> None:
+    """A teacher file without its policy head, or a trainer state with a renamed setting, once
+    ended in a KeyError / TypeError traceback from ``train-teacher --init-from`` and
+    ``export-teacher``."""
+    from agents.ppo import TRAINER_FORMAT, PPOConfig
+
+    teacher = make_teacher_file()
+    record = torch.load(teacher, weights_only=True)
+    del record["state_dict"]["policy_head.weight"]
+    torch.save(record, teacher)
+    argv = ["train-teacher", "--game", "pong", "--out", str(tmp_path / "new"), "--init-from", str(teacher)]
+    message = _one_error(capsys, argv)
+    assert "has no policy_head.weight" in message and str(teacher) in message, message
+
+    config = {f.name: getattr(PPOConfig(), f.name) for f in dataclasses.fields(PPOConfig)}
+    config["entropy_coef"] = config.pop("ent_coef")
+    (tmp_path / "run").mkdir()
+    torch.save({"format": TRAINER_FORMAT, "config": config}, tmp_path / "run" / "trainer_state.pt")
+    argv = ["export-teacher", "--run", str(tmp_path / "run"), "--out", str(tmp_path / "pong.pt")]
+    message = _one_error(capsys, argv)
+    assert "unknown settings entropy_coef and no ent_coef" in message, message
+    assert not (tmp_path / "pong.pt").exists()
 
 
 # --- Library-level: what the command line adds nothing to ----------------------------------------------

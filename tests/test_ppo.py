@@ -129,3 +129,111 @@ def test_resume_names_the_setting_that_differs(tmp_path) -> None:
     train_ppo(tiny_config(total_steps=32), tmp_path)
     with pytest.raises(UserError, match=r"other settings \(ent_coef 0.01 -> 0.02\)"):
         train_ppo(tiny_config(total_steps=32, ent_coef=0.02), tmp_path)
+
+
+def _one_line(err: pytest.ExceptionInfo) -> str:
+    message = str(err.value)
+    assert "\n" not in message, "errors must be one line"
+    return message
+
+
+@pytest.mark.parametrize(
+    ("spoil", "expected"),
+    [
+        (lambda r: r["state_dict"].pop("policy_head.weight"), "has no policy_head.weight"),
+        (lambda r: r.pop("settings"), "lacks its settings record"),
+        (
+            lambda r: r["state_dict"].update({"extra.weight": torch.zeros(1)}),
+            "does not fit the teacher network",
+        ),
+        (lambda r: r["training"].update(curve=[[1, 2]]), "records a malformed learning curve"),
+        (lambda r: r["training"].update(agent_steps="many"), "a malformed step count"),
+    ],
+    ids=["no policy head", "no settings", "another network", "bad curve", "bad step count"],
+)
+def test_continuing_from_a_malformed_teacher_is_one_line(
+    tmp_path, make_teacher_file, spoil, expected
+) -> None:
+    path = make_teacher_file()
+    record = torch.load(path, weights_only=True)
+    record["training"] = {"agent_steps": 32, "curve": [[50_000, 1.0, 2]]}
+    spoil(record)
+    torch.save(record, path)
+    with pytest.raises(UserError) as err:
+        train_ppo(tiny_config(), tmp_path / "run", init_from=path)
+    message = _one_line(err)
+    assert expected in message and str(path) in message, message
+    assert not (tmp_path / "run" / "trainer_state.pt").exists()
+
+
+def _drop_config(name: str):
+    return lambda s: s["config"].pop(name)
+
+
+def _rename_config(old: str, new: str):
+    return lambda s: s["config"].update({new: s["config"].pop(old)})
+
+
+@pytest.mark.parametrize(
+    ("spoil", "expected"),
+    [
+        (_drop_config("ent_coef"), "records no ent_coef"),
+        (_rename_config("ent_coef", "entropy_coef"), "records unknown settings entropy_coef and no ent_coef"),
+        (lambda s: s.pop("config"), "lacks its trainer settings"),
+        (
+            lambda s: s["config"].update(num_envs=0),
+            "holds invalid trainer settings: num_envs must be at least 1",
+        ),
+        (lambda s: s["config"].update(game=7), "holds malformed trainer settings"),
+        (lambda s: s.pop("global_step"), "records no valid global_step"),
+        (lambda s: s.update(update="2"), "records no valid update"),
+        (lambda s: s.pop("model"), "lacks the network's weights"),
+        (lambda s: s.update(segments=[{"from_step": 0}]), "a malformed record of machines"),
+        (lambda s: s["model"].pop("policy_head.weight"), "does not fit the teacher network or its optimizer"),
+        (lambda s: s["optimizer"].pop("param_groups"), "does not fit the teacher network or its optimizer"),
+    ],
+    ids=[
+        "missing field",
+        "renamed field",
+        "no config",
+        "invalid value",
+        "malformed value",
+        "no global_step",
+        "update a string",
+        "no model",
+        "bad segments",
+        "model lacks a weight",
+        "optimizer lacks its groups",
+    ],
+)
+def test_a_malformed_trainer_state_is_one_line_on_resume_and_export(tmp_path, spoil, expected) -> None:
+    run = tmp_path / "run"
+    train_ppo(tiny_config(total_steps=32, precision="fp32"), run)
+    state_path = run / "trainer_state.pt"
+    state = torch.load(state_path, weights_only=True)
+    spoil(state)
+    torch.save(state, state_path)
+    with pytest.raises(UserError) as err:
+        train_ppo(tiny_config(total_steps=64, precision="fp32"), run)
+    message = _one_line(err)
+    assert expected in message and str(state_path) in message, message
+    if "fit the teacher network" not in expected:  # export reads the weights without a network
+        with pytest.raises(UserError) as err:
+            export_teacher(run, tmp_path / "pong.pt")
+        assert expected in _one_line(err)
+
+
+def test_a_trainer_state_from_before_a_machine_setting_existed_still_resumes(tmp_path) -> None:
+    """Machine settings (precision, channels_last...) may be missing from an older state: they take
+    their defaults, as they always did; the learning problem's may not."""
+    from agents.ppo import read_trainer_state
+
+    run = tmp_path / "run"
+    train_ppo(tiny_config(total_steps=32, precision="fp32"), run)
+    state = torch.load(run / "trainer_state.pt", weights_only=True)
+    for name in ("precision", "channels_last"):
+        del state["config"][name]
+    torch.save(state, run / "trainer_state.pt")
+    saved = read_trainer_state(run / "trainer_state.pt")
+    assert (saved.config.precision, saved.config.channels_last) == ("auto", True)
+    assert (saved.global_step, saved.update) == (32, 1)

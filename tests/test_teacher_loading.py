@@ -90,3 +90,80 @@ def test_unknown_name_and_missing_path(tmp_path) -> None:
         load_teacher("tetris")
     with pytest.raises(UserError, match="does not exist"):
         load_teacher(tmp_path / "nope.pt")
+
+
+def _drop_head(record: dict) -> None:
+    del record["state_dict"]["policy_head.weight"]
+
+
+def _shrink_head(record: dict) -> None:
+    record["state_dict"]["policy_head.weight"] = record["state_dict"]["policy_head.weight"][:4]
+
+
+def _extra_key(record: dict) -> None:
+    record["state_dict"]["extra.weight"] = torch.zeros(1)
+
+
+# name: (spoil of a valid record, expected text); each once crashed some reader of the format
+SPOILED_TEACHERS = {
+    "no policy_head.weight": (_drop_head, "has no policy_head.weight"),
+    "no settings": (lambda r: r.pop("settings"), "lacks its settings record"),
+    "settings not a dict": (lambda r: r.update(settings=[1, 2]), "lacks its settings record"),
+    "foreign settings field": (lambda r: r["settings"].update(colour=1), "has a bad settings record"),
+    "no state_dict": (lambda r: r.pop("state_dict"), "lacks its weights"),
+    "weights not tensors": (lambda r: r["state_dict"].update({"conv.0.weight": 1.0}), "lacks its weights"),
+    "no num_actions": (lambda r: r.pop("num_actions"), "records no number of actions"),
+    "fewer actions in the head": (_shrink_head, "has 4 actions but pong has 6"),
+    "weights of another network": (_extra_key, "does not fit the teacher network"),
+}
+
+
+def spoil_teacher(path, spoil) -> None:
+    """Rewrite a teacher checkpoint with ``spoil`` applied to its record."""
+    record = torch.load(path, weights_only=True)
+    spoil(record)
+    torch.save(record, path)
+
+
+@pytest.mark.parametrize("case", sorted(SPOILED_TEACHERS))
+def test_malformed_teacher_file_is_one_line_naming_the_file(make_teacher_file, case) -> None:
+    from agents.teacher_file import read_teacher
+
+    spoil, expected = SPOILED_TEACHERS[case]
+    path = make_teacher_file()
+    spoil_teacher(path, spoil)
+    for read in (load_teacher, read_teacher):
+        with pytest.raises(UserError) as err:
+            read(path)
+        message = _one_line(err)
+        assert expected in message and str(path) in message, message
+
+
+def test_the_model_card_reads_the_teacher_through_the_same_checks(make_teacher_file) -> None:
+    from agents.model_card import write_model_card
+    from policy_distill.evaluation import Scores
+
+    path = make_teacher_file()
+    spoil_teacher(path, _drop_head)
+    with pytest.raises(UserError) as err:
+        write_model_card(path, Scores("pong", [1.0], [10]), seed=0, command="c")
+    assert "has no policy_head.weight" in _one_line(err)
+    assert not path.with_suffix(".md").exists()
+
+
+def test_the_learning_curve_is_written_atomically(tmp_path, monkeypatch) -> None:
+    """The PNG goes through the atomic writer: no fixed ``.tmp.png`` beside it, none left on failure."""
+    pytest.importorskip("matplotlib")
+    from agents import model_card
+
+    png = tmp_path / "pong_curve.png"
+    assert model_card.plot_learning_curve([[50_000, 1.0, 3], [100_000, 2.0, 4]], "pong", png) == png
+    assert png.read_bytes().startswith(b"\x89PNG") and sorted(tmp_path.iterdir()) == [png]
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("policy_distill.checkpoint.os.replace", full_disk)
+    with pytest.raises(OSError):
+        model_card.plot_learning_curve([[50_000, 5.0, 1]], "pong", tmp_path / "other.png")
+    assert sorted(tmp_path.iterdir()) == [png]

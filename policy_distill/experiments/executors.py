@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import secrets
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -59,12 +58,13 @@ def _probe_task(paths: dict[str, str]) -> dict[str, Any]:
     in the runs directory)."""
     import socket
 
+    from policy_distill.dataset import recorded_content_sha256
+
     seen: dict[str, Any] = {"node": socket.gethostname()}
     for name, path in paths.items():
         p = Path(path)
         if name.startswith("data:"):
-            meta = p / "meta.json"
-            seen[name] = json.loads(meta.read_text()).get("content_sha256") if meta.is_file() else None
+            seen[name] = recorded_content_sha256(p)
         elif name.startswith("teacher:"):
             seen[name] = hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else None
         else:
@@ -106,6 +106,8 @@ class RayExecutor:
         runs directory (by path: the shared filesystem these runs need)."""
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+        from policy_distill.dataset import recorded_content_sha256
+
         cfg = self.cfg
         runs = Path(cfg.runs_dir)
         runs.mkdir(parents=True, exist_ok=True)
@@ -115,14 +117,13 @@ class RayExecutor:
         expected: dict[str, Any] = {"marker": token}
         for game in cfg.game_list():
             data = Path(cfg.data.replace("{game}", game))
-            meta = data / "meta.json"
-            if not meta.is_file():
+            if not (data / "meta.json").is_file():
                 raise UserError(
                     f"no dataset in {data}: with `executor` ray record it first (cells would all record "
                     f"it at once): python -m policy_distill collect --game {game} --out {data}"
                 )
             paths[f"data:{game}"] = str(data.resolve())
-            expected[f"data:{game}"] = json.loads(meta.read_text()).get("content_sha256")
+            expected[f"data:{game}"] = recorded_content_sha256(data)
             if cfg.teacher:
                 teacher = Path(cfg.teacher.replace("{game}", game))
                 if teacher.is_file():  # a shipped name resolves inside the installed package
@@ -139,6 +140,11 @@ class RayExecutor:
                     for node in nodes
                 ]
             )
+        except self.ray.exceptions.RayTaskError as e:  # a probe's own error (a damaged meta.json)
+            cause = getattr(e, "cause", None)
+            if isinstance(cause, UserError):
+                raise UserError(f"a Ray node's check of the shared files failed: {cause}") from None
+            raise
         finally:
             marker.unlink(missing_ok=True)
         for answer in seen:

@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from policy_distill.dataset import recorded_content_sha256
 from policy_distill.distill import TrainingSchedule
 from policy_distill.errors import UserError, at_least, check_fields, one_of, within
 from policy_distill.losses import SOBOLEV_ESTIMATORS
@@ -662,15 +663,15 @@ def _finish(
 
 def _check_provenance(cfg: SweepConfig, game: str, teacher: Any, rows: Iterable[dict[str, Any]]) -> None:
     """Refuse to mix runs of another teacher or dataset into the results of this game."""
-    meta_path = Path(cfg.data.replace("{game}", game)) / "meta.json"
-    dataset_sha = json.loads(meta_path.read_text()).get("content_sha256") if meta_path.is_file() else None
+    data = Path(cfg.data.replace("{game}", game))
+    dataset_sha = recorded_content_sha256(data)
     for row in rows:
         if row.get("game") != game or row.get("method") == "teacher":
             continue
         if row.get("teacher_sha256") != teacher.source.sha256:
             what = f"teacher {teacher.source.name} (sha256 {teacher.source.sha256[:12]})"
         elif dataset_sha and row.get("dataset_sha256") != dataset_sha:
-            what = f"dataset {meta_path.parent} (sha256 {dataset_sha[:12]})"
+            what = f"dataset {data} (sha256 {dataset_sha[:12]})"
         else:
             continue
         raise UserError(

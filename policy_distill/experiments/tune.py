@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from policy_distill.checkpoint import atomic_write_bytes, hardware_description
+from policy_distill.dataset import recorded_content_sha256
 from policy_distill.distill import TUNED_ALPHA, TrainingSchedule
 from policy_distill.errors import NonFiniteLoss, UserError, at_least, check_fields, one_of, within
 from policy_distill.losses import SOBOLEV_ESTIMATORS
@@ -388,8 +389,7 @@ class Runner:
         missing recording would be recorded afresh, and its runs would mix with the old ones.
         A page written from the table alone (``run`` False) needs no recording."""
         data = self.cfg.path(self.cfg.data)
-        meta = data / "meta.json"
-        dataset_sha = json.loads(meta.read_text()).get("content_sha256") if meta.is_file() else None
+        dataset_sha = recorded_content_sha256(data)
         for row in self.rows.values():
             if dataset_sha is None and self.run:
                 raise UserError(
