@@ -20,28 +20,8 @@ from policy_distill.metrics import gradient_fidelity
 from policy_distill.student import load_student
 
 
-def config(tiny, **overrides) -> DistillConfig:
-    base = dict(
-        game="pong",
-        teacher=str(tiny / "teacher.pt"),
-        data=str(tiny / "data"),
-        train_fraction=0.5,
-        steps=4,
-        batch_size=16,
-        eval_every=2,
-        eval_frames=64,
-        fidelity_frames=4,
-        learning_rate=1e-3,
-        runs_dir=str(tiny / "runs"),
-        device="cpu",
-        precision="fp32",  # explicit: "auto" would differ between CPUs with and without bf16 units
-    )
-    base.update(overrides)
-    return DistillConfig(**base)
-
-
-def test_run_writes_self_describing_checkpoints_that_load(short_settings, tiny) -> None:
-    cfg = config(tiny, run="describe")
+def test_run_writes_self_describing_checkpoints_that_load(short_settings, tiny, tiny_distill_config) -> None:
+    cfg = tiny_distill_config(run="describe")
     result = distill(cfg)
     assert 0 <= result["test_action_error"] <= 1 and result["test_kl"] >= 0
     assert -1 <= result["test_grad_cosine"] <= 1
@@ -59,10 +39,10 @@ def test_run_writes_self_describing_checkpoints_that_load(short_settings, tiny) 
     torch.testing.assert_close(student.log_probs(obs.float() / 255).exp().sum(1), torch.ones(3))
 
 
-def test_interrupted_run_resumes_to_the_same_weights(tiny) -> None:
-    whole = distill(config(tiny, run="whole", steps=6))
-    distill(config(tiny, run="parts", steps=4))  # "interrupted" after step 4
-    parts = distill(config(tiny, run="parts", steps=6))  # the same command again resumes
+def test_interrupted_run_resumes_to_the_same_weights(tiny_distill_config) -> None:
+    whole = distill(tiny_distill_config(run="whole", steps=6))
+    distill(tiny_distill_config(run="parts", steps=4))  # "interrupted" after step 4
+    parts = distill(tiny_distill_config(run="parts", steps=6))  # the same command again resumes
     a = torch.load(whole["run_dir"] + "/latest.pt", weights_only=True)
     b = torch.load(parts["run_dir"] + "/latest.pt", weights_only=True)
     assert a["step"] == b["step"] == 6
@@ -70,13 +50,13 @@ def test_interrupted_run_resumes_to_the_same_weights(tiny) -> None:
         torch.testing.assert_close(a["state_dict"][key], b["state_dict"][key], rtol=0, atol=0)
 
 
-def test_resume_with_other_settings_is_refused(tiny) -> None:
-    distill(config(tiny, run="fixed"))
+def test_resume_with_other_settings_is_refused(tiny_distill_config) -> None:
+    distill(tiny_distill_config(run="fixed"))
     with pytest.raises(UserError, match="other settings"):
-        distill(config(tiny, run="fixed", alpha=0.5))
+        distill(tiny_distill_config(run="fixed", alpha=0.5))
 
 
-def test_resume_on_another_dataset_is_refused(tiny) -> None:
+def test_resume_on_another_dataset_is_refused(tiny, tiny_distill_config) -> None:
     other = tiny / "data-seed1"
     collect(
         load_teacher(tiny / "teacher.pt"),
@@ -84,12 +64,14 @@ def test_resume_on_another_dataset_is_refused(tiny) -> None:
         other,
         progress=False,
     )
-    distill(config(tiny, run="moved", steps=2))
+    distill(tiny_distill_config(run="moved", steps=2))
     with pytest.raises(UserError, match="another dataset or teacher"):
-        distill(config(tiny, run="moved", steps=4, data=str(other)))
+        distill(tiny_distill_config(run="moved", steps=4, data=str(other)))
 
 
-def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(tiny, monkeypatch) -> None:
+def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(
+    tiny_distill_config, monkeypatch
+) -> None:
     real = distill_module.distillation_loss
     calls = {"n": 0}
 
@@ -101,17 +83,18 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(
         return loss
 
     monkeypatch.setattr(distill_module, "distillation_loss", poisoned)
-    cfg = config(tiny, run="nan", steps=4)
+    cfg = tiny_distill_config(run="nan", steps=4)
     with pytest.raises(UserError, match="loss became nan at step 3"):
         distill(cfg)
     kept = torch.load(cfg.run_dir / "latest.pt", weights_only=True)
     assert kept["step"] == 2 and all(torch.isfinite(v).all() for v in kept["state_dict"].values())
 
 
-def test_bf16_runs_train_in_bf16_and_are_not_resumed_in_fp32(tiny) -> None:
+def test_bf16_runs_train_in_bf16_and_are_not_resumed_in_fp32(tiny_distill_config) -> None:
     settings = dict(alpha=0.0, eval_every=1, learning_rate=3e-3)
     one = {
-        p: distill(config(tiny, run=f"one-{p}", precision=p, steps=1, **settings)) for p in ("fp32", "bf16")
+        p: distill(tiny_distill_config(run=f"one-{p}", precision=p, steps=1, **settings))
+        for p in ("fp32", "bf16")
     }
     weights = {
         p: torch.load(r["run_dir"] + "/latest.pt", weights_only=True)["state_dict"] for p, r in one.items()
@@ -120,35 +103,39 @@ def test_bf16_runs_train_in_bf16_and_are_not_resumed_in_fp32(tiny) -> None:
     assert any(not torch.equal(weights["fp32"][k], weights["bf16"][k]) for k in weights["fp32"])
     for key in weights["fp32"]:
         torch.testing.assert_close(weights["bf16"][key], weights["fp32"][key], rtol=0, atol=1e-2)
-    result = distill(config(tiny, run="bf16", precision="bf16", steps=30, **{**settings, "eval_every": 30}))
+    result = distill(
+        tiny_distill_config(run="bf16", precision="bf16", steps=30, **{**settings, "eval_every": 30})
+    )
     assert result["test_kl"] < one["bf16"]["test_kl"]
     assert load_student(result["best_checkpoint"]).record["config"]["precision"] == "bf16"
     with pytest.raises(UserError, match="other settings"):
-        distill(config(tiny, run="bf16", steps=31, **{**settings, "eval_every": 30}))
+        distill(tiny_distill_config(run="bf16", steps=31, **{**settings, "eval_every": 30}))
     # By default a bf16 run has its own directory, so it never meets an fp32 run of the same cell.
-    assert config(tiny, precision="bf16").run_dir.name == "sobolev-frac0.5-seed0-bf16"
-    assert config(tiny).run_dir.name == "sobolev-frac0.5-seed0"
+    assert tiny_distill_config(precision="bf16").run_dir.name == "sobolev-frac0.5-seed0-bf16"
+    assert tiny_distill_config().run_dir.name == "sobolev-frac0.5-seed0"
     with pytest.raises(UserError, match=r"precision must be one of auto, fp32, bf16, got 'fp16'"):
-        config(tiny, precision="fp16")
+        tiny_distill_config(precision="fp16")
 
 
-def test_runs_saved_before_precision_existed_resume_in_fp32(tiny) -> None:
+def test_runs_saved_before_precision_existed_resume_in_fp32(tiny_distill_config) -> None:
     from policy_distill.checkpoint import atomic_torch_save
 
-    cfg = config(tiny, run="old-style", steps=2)
+    cfg = tiny_distill_config(run="old-style", steps=2)
     distill(cfg)
     path = cfg.run_dir / "latest.pt"
     state = torch.load(path, weights_only=True)
     # Neither precision nor student_width existed then (the paper's student was the only one).
     key = {k: v for k, v in state["resume_key"].items() if k not in ("precision", "student_width")}
     atomic_torch_save({**state, "resume_key": {**key, "teacher_bf16": False}}, path)
-    distill(config(tiny, run="old-style", steps=4))  # resumes: the old key counts as fp32
+    distill(tiny_distill_config(run="old-style", steps=4))  # resumes: the old key counts as fp32
     assert torch.load(path, weights_only=True)["step"] == 4
     with pytest.raises(UserError, match="other settings"):
-        distill(config(tiny, run="old-style", steps=6, precision="bf16"))
+        distill(tiny_distill_config(run="old-style", steps=6, precision="bf16"))
 
 
-def test_each_evaluation_records_the_mean_training_kl_since_the_last(tiny, monkeypatch) -> None:
+def test_each_evaluation_records_the_mean_training_kl_since_the_last(
+    tiny_distill_config, monkeypatch
+) -> None:
 
     seen: list[float] = []
     real_step = distill_module.train_step
@@ -159,7 +146,7 @@ def test_each_evaluation_records_the_mean_training_kl_since_the_last(tiny, monke
         return loss
 
     monkeypatch.setattr(distill_module, "train_step", recording_step)
-    result = distill(config(tiny, run="train-kl", steps=6, eval_every=2))
+    result = distill(tiny_distill_config(run="train-kl", steps=6, eval_every=2))
     history = torch.load(Path(result["run_dir"]) / "latest.pt", weights_only=True)["history"]
     assert len(seen) == 6 and [h["step"] for h in history] == [2, 4, 6]
     for i, h in enumerate(history):
@@ -167,21 +154,21 @@ def test_each_evaluation_records_the_mean_training_kl_since_the_last(tiny, monke
     assert result["train_kl"] == history[-1]["train_kl"]
 
 
-def test_kl_only_students_train_and_lower_the_kl(tiny) -> None:
-    result = distill(config(tiny, run="kl", alpha=0.0, steps=30, eval_every=30, learning_rate=3e-3))
-    first = distill(config(tiny, run="kl0", alpha=0.0, steps=1, eval_every=1, learning_rate=3e-3))
+def test_kl_only_students_train_and_lower_the_kl(tiny_distill_config) -> None:
+    result = distill(tiny_distill_config(run="kl", alpha=0.0, steps=30, eval_every=30, learning_rate=3e-3))
+    first = distill(tiny_distill_config(run="kl0", alpha=0.0, steps=1, eval_every=1, learning_rate=3e-3))
     assert result["test_kl"] < first["test_kl"]
     assert result["method"] == "kl"
 
 
 def test_dataset_from_another_teacher_and_empty_test_split_are_refused(
-    short_settings, tiny, make_teacher_file
+    short_settings, tiny_distill_config, make_teacher_file
 ) -> None:
     other = make_teacher_file(short_settings, seed=1)
     with pytest.raises(UserError, match="recorded by another teacher"):
-        distill(config(tiny, teacher=str(other), run="other"))
+        distill(tiny_distill_config(teacher=str(other), run="other"))
     with pytest.raises(UserError, match="leaves no held-out episode"):
-        distill(config(tiny, train_fraction=1.0, run="all"))
+        distill(tiny_distill_config(train_fraction=1.0, run="all"))
 
 
 def test_frame_store_batches_equal_the_dataset_observations(tiny) -> None:
@@ -231,10 +218,10 @@ def test_gradient_fidelity_in_chunks_equals_the_whole_batch_formula() -> None:
     assert got["grad_rel_l2"] == pytest.approx(rel, rel=1e-9)
 
 
-def test_load_student_refuses_foreign_and_corrupted_files(tiny, tmp_path) -> None:
+def test_load_student_refuses_foreign_and_corrupted_files(tiny, tiny_distill_config, tmp_path) -> None:
     with pytest.raises(UserError, match="not a student checkpoint"):
         load_student(tiny / "teacher.pt")
-    good = distill(config(tiny, run="corrupt"))["best_checkpoint"]
+    good = distill(tiny_distill_config(run="corrupt"))["best_checkpoint"]
     data = open(good, "rb").read()
     cut = tmp_path / "cut.pt"
     cut.write_bytes(data[: len(data) // 3])
@@ -257,17 +244,17 @@ def test_evaluation_plays_whole_games_with_raw_scores(short_settings, tiny) -> N
     assert scores.summary()["lengths"] == scores.lengths  # printed by `evaluate --json`
 
 
-def test_package_level_loaders(tiny) -> None:
+def test_package_level_loaders(tiny, tiny_distill_config) -> None:
     import policy_distill
 
-    path = distill(config(tiny, run="pkg"))["best_checkpoint"]
+    path = distill(tiny_distill_config(run="pkg"))["best_checkpoint"]
     student = policy_distill.load_student(path, device="cpu")
     assert student.num_actions == 6
     assert policy_distill.load_teacher(tiny / "teacher.pt").num_actions == 6
 
 
-def test_validation_run_holds_out_part_of_the_training_split(tiny) -> None:
-    cfg = config(tiny, train_fraction=0.9, validation_fraction=0.3, steps=2)
+def test_validation_run_holds_out_part_of_the_training_split(tiny, tiny_distill_config) -> None:
+    cfg = tiny_distill_config(train_fraction=0.9, validation_fraction=0.3, steps=2)
     assert cfg.run_dir.name == "sobolev-frac0.9-val0.3-seed0"
     result = distill(cfg)
     dataset = load_dataset(tiny / "data")
@@ -277,11 +264,15 @@ def test_validation_run_holds_out_part_of_the_training_split(tiny) -> None:
     assert record["dataset"]["test_frames"] == len(val.test)
     assert val.test[-1] < len(dataset.split(0.9).train)  # the test part is never looked at
     with pytest.raises(UserError, match="validation_fraction cannot be combined with `test_data`"):
-        config(tiny, validation_fraction=0.3, test_data=str(tiny / "data"))
+        tiny_distill_config(validation_fraction=0.3, test_data=str(tiny / "data"))
 
 
-def test_previous_boundary_validation_and_a_training_part_inside_one_episode(tiny) -> None:
-    cfg = config(tiny, train_fraction=0.9, validation_fraction=0.3, validation_boundary="previous", steps=2)
+def test_previous_boundary_validation_and_a_training_part_inside_one_episode(
+    tiny, tiny_distill_config
+) -> None:
+    cfg = tiny_distill_config(
+        train_fraction=0.9, validation_fraction=0.3, validation_boundary="previous", steps=2
+    )
     assert (
         cfg.run_dir.name == "sobolev-frac0.9-val0.3prev-seed0"
     )  # its own directory, never resumed as "next"
@@ -297,10 +288,12 @@ def test_previous_boundary_validation_and_a_training_part_inside_one_episode(tin
         UserError, match="holds no episode start before its validation part.*raise `train_fraction`"
     ):
         distill(
-            config(tiny, train_fraction=inside_first, validation_fraction=0.3, validation_boundary="previous")
+            tiny_distill_config(
+                train_fraction=inside_first, validation_fraction=0.3, validation_boundary="previous"
+            )
         )
     with pytest.raises(UserError, match="validation_boundary"):
-        config(tiny, validation_boundary="before")
+        tiny_distill_config(validation_boundary="before")
 
 
 @pytest.mark.parametrize("estimator", ["vjp", "jvp", "fd"])
@@ -329,7 +322,7 @@ def test_samples_per_direction_must_divide_the_batch_and_names_the_run() -> None
     assert centred.run_dir.name == "kl-frac0.9-seed0-centred"
 
 
-def test_a_wider_student_is_its_own_run_and_loads_back_at_its_width(tiny) -> None:
+def test_a_wider_student_is_its_own_run_and_loads_back_at_its_width(tiny_distill_config) -> None:
     """student_width scales the paper's student (2: conv 32/64, linear 512); the run directory
     and the checkpoint's architecture say so, so evaluate and play rebuild the same network."""
     from policy_distill.student import StudentArch, load_student
@@ -338,7 +331,7 @@ def test_a_wider_student_is_its_own_run_and_loads_back_at_its_width(tiny) -> Non
     assert DistillConfig(alpha=0, precision="fp32", student_width=2).run_dir.name == "kl-frac0.9-seed0-w2"
     with pytest.raises(UserError, match="student_width"):
         DistillConfig(student_width=0)
-    wide = distill(config(tiny, run="wide", steps=1, alpha=0.0, student_width=2))
+    wide = distill(tiny_distill_config(run="wide", steps=1, alpha=0.0, student_width=2))
     record = torch.load(wide["best_checkpoint"], weights_only=True)
     assert (record["arch"]["conv1"], record["arch"]["conv2"], record["arch"]["hidden"]) == (32, 64, 512)
     student = load_student(wide["best_checkpoint"])
@@ -363,15 +356,15 @@ def test_centring_the_first_layer_removes_the_backgrounds_mean_response_and_move
     assert changed == {"torso.0.bias"}
 
 
-def test_centre_first_layer_is_part_of_the_run_and_keeps_the_batch_order(tiny) -> None:
+def test_centre_first_layer_is_part_of_the_run_and_keeps_the_batch_order(tiny_distill_config) -> None:
     """distill --centre-first-layer starts from centred biases and draws the same batches as a
     run without it (its own generator); resuming with the other setting is refused."""
-    plain = distill(config(tiny, run="plain", steps=2, alpha=0.0))
-    centred = distill(config(tiny, run="centred", steps=2, alpha=0.0, centre_first_layer=True))
+    plain = distill(tiny_distill_config(run="plain", steps=2, alpha=0.0))
+    centred = distill(tiny_distill_config(run="centred", steps=2, alpha=0.0, centre_first_layer=True))
     a = torch.load(plain["run_dir"] + "/latest.pt", weights_only=True)
     b = torch.load(centred["run_dir"] + "/latest.pt", weights_only=True)
     torch.testing.assert_close(b["generator_state"], a["generator_state"], rtol=0, atol=0)
     assert not torch.equal(a["state_dict"]["torso.0.bias"], b["state_dict"]["torso.0.bias"])
     assert b["config"]["centre_first_layer"] is True
     with pytest.raises(UserError, match="other settings"):
-        distill(config(tiny, run="centred", steps=4, alpha=0.0))
+        distill(tiny_distill_config(run="centred", steps=4, alpha=0.0))

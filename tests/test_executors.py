@@ -5,7 +5,6 @@ from __future__ import annotations
 import sys
 
 import pytest
-from test_sweep import sweep_config, write_hparams
 
 from policy_distill.errors import ConfigError, UserError
 from policy_distill.experiments.sweep import reproduce
@@ -20,14 +19,16 @@ from policy_distill.experiments.sweep import reproduce
         ({"executor": "ray", "cell_retries": -1}, "cell_retries must be at least 0"),
     ],
 )
-def test_executor_settings_are_checked(tiny, tmp_path, overrides, message) -> None:
+def test_executor_settings_are_checked(tiny_sweep_config, tmp_path, overrides, message) -> None:
     with pytest.raises(ConfigError, match=message):
-        sweep_config(tiny, tmp_path, **overrides)
+        tiny_sweep_config(tmp_path, **overrides)
 
 
-def test_ray_executor_without_ray_says_how_to_install_it(tiny, tmp_path, monkeypatch) -> None:
+def test_ray_executor_without_ray_says_how_to_install_it(
+    tiny_sweep_config, write_hparams, tmp_path, monkeypatch
+) -> None:
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
     write_hparams(tmp_path / "hparams.json")
     with pytest.raises(UserError, match=r"pip install 'policy-distill\[ray\]'"):
-        reproduce(sweep_config(tiny, tmp_path, executor="ray"))
+        reproduce(tiny_sweep_config(tmp_path, executor="ray"))
     assert not (tmp_path / "results.jsonl").exists()

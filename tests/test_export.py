@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from agents.networks import TeacherNet
-from policy_distill.checkpoint import atomic_torch_save, sha256_file
+from policy_distill.checkpoint import sha256_file
 from policy_distill.cli import build_parser
 from policy_distill.errors import ConfigError, UserError
 from policy_distill.export import (
@@ -26,22 +26,19 @@ from policy_distill.export import (
     export_student,
 )
 from policy_distill.settings import EnvSettings
-from policy_distill.student import StudentArch, StudentNet, load_student, student_record
+from policy_distill.student import StudentArch, StudentNet, load_student
 
 HAS_ONNX = all(importlib.util.find_spec(m) for m in ("onnx", "onnxscript", "onnxruntime"))
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
+def checkpoint(tmp_path_factory, write_student_file):
     """A randomly initialised Breakout student (4 actions) with the provenance a run records."""
-    torch.manual_seed(0)
-    net = StudentNet(StudentArch(num_actions=4))
-    path = tmp_path_factory.mktemp("run") / "best.pt"
     provenance = {"teacher": {"name": "breakout", "sha256": "ab" * 32}, "versions": {"torch": "x"}}
-    atomic_torch_save(
-        student_record(net, EnvSettings("breakout"), step=7, metrics={"kl": 0.5}, **provenance), path
+    path = tmp_path_factory.mktemp("run") / "best.pt"
+    return write_student_file(
+        path, EnvSettings("breakout"), seed=0, step=7, metrics={"kl": 0.5}, **provenance
     )
-    return path
 
 
 @pytest.fixture(scope="module")

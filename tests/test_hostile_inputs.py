@@ -27,34 +27,19 @@ from policy_distill import cli
 from policy_distill.checkpoint import DirectoryLock
 
 ROOT = os.geteuid() == 0  # root writes through chmod: read-only cases need another user
+QUICK_EVALUATION = dict(batch_size=8, eval_every=1, eval_frames=16, fidelity_frames=2)
+"""Smaller batches and held-out sets than ``tiny_distill_config``'s: a checkpoint after every step."""
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory, tiny: Path) -> Path:
+def world(tmp_path_factory: pytest.TempPathFactory, tiny: Path, tiny_distill_config) -> Path:
     """A teacher, its dataset and a finished two-checkpoint run, copied from ``tiny``."""
-    from policy_distill.distill import DistillConfig, distill
+    from policy_distill.distill import distill
 
     root = tmp_path_factory.mktemp("world")
     shutil.copy(tiny / "teacher.pt", root / "teacher.pt")
     shutil.copytree(tiny / "data", root / "data")
-    distill(
-        DistillConfig(
-            game="pong",
-            teacher=str(root / "teacher.pt"),
-            data=str(root / "data"),
-            train_fraction=0.5,
-            steps=2,
-            batch_size=8,
-            eval_every=1,
-            eval_frames=16,
-            fidelity_frames=2,
-            runs_dir=str(root / "runs"),
-            run="done",
-            device="cpu",
-            precision="fp32",
-        ),
-        progress=False,
-    )
+    distill(tiny_distill_config(root, run="done", steps=2, **QUICK_EVALUATION), progress=False)
     return root
 
 
@@ -537,11 +522,13 @@ def test_failed_dataset_write_keeps_the_recording(world: Path, tmp_path: Path, m
         shutil.rmtree(rescue, ignore_errors=True)
 
 
-def test_failed_checkpoint_write_says_what_is_kept(world: Path, tmp_path: Path, monkeypatch) -> None:
+def test_failed_checkpoint_write_says_what_is_kept(
+    world: Path, tmp_path: Path, monkeypatch, tiny_distill_config
+) -> None:
     import errno
 
     import policy_distill.distill as distill_module
-    from policy_distill.distill import DistillConfig, distill
+    from policy_distill.distill import distill
     from policy_distill.errors import UserError
 
     real, calls = distill_module.atomic_torch_save, []
@@ -553,20 +540,7 @@ def test_failed_checkpoint_write_says_what_is_kept(world: Path, tmp_path: Path, 
         real(obj, path)
 
     monkeypatch.setattr(distill_module, "atomic_torch_save", fills_up)
-    cfg = DistillConfig(
-        game="pong",
-        teacher=str(world / "teacher.pt"),
-        data=str(world / "data"),
-        train_fraction=0.5,
-        steps=3,
-        batch_size=8,
-        eval_every=1,
-        eval_frames=16,
-        fidelity_frames=2,
-        runs_dir=str(tmp_path),
-        device="cpu",
-        precision="fp32",
-    )
+    cfg = tiny_distill_config(world, runs_dir=str(tmp_path), steps=3, **QUICK_EVALUATION)
     with pytest.raises(UserError, match=r"step 2 .*No space left on device.*checkpoint of step 1 is kept"):
         distill(cfg, progress=False)
     assert torch.load(cfg.run_dir / "latest.pt", weights_only=True)["step"] == 1

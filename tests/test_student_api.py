@@ -13,34 +13,27 @@ from ale_py.vector_env import AtariVectorEnv
 
 import policy_distill.envs as envs_module
 from agents.loading import load_teacher
-from agents.networks import TeacherNet
-from agents.teacher_file import teacher_record
-from policy_distill.checkpoint import atomic_torch_save
 from policy_distill.errors import UserError
 from policy_distill.policy import as_observation, env_kwargs
 from policy_distill.settings import EnvSettings
-from policy_distill.student import StudentArch, StudentNet, load_student, student_record
+from policy_distill.student import load_student
 
 SETTINGS = EnvSettings("pong")
 
 
 @pytest.fixture(scope="module")
-def student(tmp_path_factory):
+def student(tmp_path_factory, write_student_file):
     """A randomly initialised student, loaded from a checkpoint file as a user would."""
-    torch.manual_seed(0)
-    net = StudentNet(StudentArch(num_actions=6))
-    path = tmp_path_factory.mktemp("student") / "best.pt"
-    atomic_torch_save(student_record(net, SETTINGS, step=0), path)
+    path = write_student_file(tmp_path_factory.mktemp("student") / "best.pt", SETTINGS, seed=0, step=0)
     return load_student(path)
 
 
 @pytest.fixture(scope="module")
-def teacher(tmp_path_factory):
+def teacher(tmp_path_factory, write_teacher_file):
     """A randomly initialised teacher, loaded from a checkpoint file."""
-    torch.manual_seed(1)
-    path = tmp_path_factory.mktemp("teacher") / "teacher.pt"
-    atomic_torch_save(teacher_record(TeacherNet(6).state_dict(), SETTINGS, {}), path)
-    return load_teacher(path)
+    return load_teacher(
+        write_teacher_file(tmp_path_factory.mktemp("teacher") / "teacher.pt", SETTINGS, seed=1)
+    )
 
 
 @pytest.fixture(params=["student", "teacher"])

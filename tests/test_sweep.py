@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +28,6 @@ from policy_distill.experiments.report import (
 )
 from policy_distill.experiments.sweep import (
     KEY_FIELDS,
-    SweepConfig,
     append_row,
     cell_key,
     latest_rows,
@@ -36,54 +37,26 @@ from policy_distill.experiments.sweep import (
 )
 
 
-def write_hparams(path: Path, **games: dict) -> Path:
-    entries = games or {
-        "pong": {"learning_rate": 1e-3, "alpha": 0.5, "steps": 2, "chosen_by": "a test", "precision": "fp32"}
-    }
-    path.write_text(json.dumps({"_comment": "test", **entries}))
-    return path
-
-
-def sweep_config(tiny: Path, out: Path, **overrides) -> SweepConfig:
-    base = dict(
-        games="pong",
-        fractions="0.3,0.6",
-        seeds="0",
-        hparams=str(out / "hparams.json"),
-        results=str(out / "results.jsonl"),
-        runs_dir=str(out / "runs"),
-        data=str(tiny / "data"),
-        teacher=str(tiny / "teacher.pt"),
-        device="cpu",
-        batch_size=16,
-        eval_every=2,
-        eval_frames=64,
-        fidelity_frames=4,
-    )
-    base.update(overrides)
-    return SweepConfig(**base)
-
-
-def test_without_games_the_sweep_runs_every_game_of_its_hparams(tiny, tmp_path) -> None:
+def test_without_games_the_sweep_runs_every_game_of_its_hparams(
+    tiny_sweep_config, write_hparams, tmp_path
+) -> None:
     entry = {"learning_rate": 1e-3, "alpha": 0.5, "steps": 2, "chosen_by": "a test"}
     write_hparams(tmp_path / "hparams.json", breakout=entry, pong=entry)
-    assert sweep_config(tiny, tmp_path, games="").game_list() == ["breakout", "pong"]
-    assert sweep_config(tiny, tmp_path, games="Pong").game_list() == ["pong"]
+    assert tiny_sweep_config(tmp_path, games="").game_list() == ["breakout", "pong"]
+    assert tiny_sweep_config(tmp_path, games="Pong").game_list() == ["pong"]
     write_hparams(tmp_path / "hparams.json", **{"_only": "a comment"})
     with pytest.raises(UserError, match="`games` is empty and .*hparams.json has no game entry"):
-        sweep_config(tiny, tmp_path, games="").game_list()  # read when the sweep runs
+        tiny_sweep_config(tmp_path, games="").game_list()  # read when the sweep runs
 
 
-def lines(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
-
-
-def test_sweep_writes_a_row_per_run_and_never_repeats_one(tiny, tmp_path, monkeypatch, capsys) -> None:
+def test_sweep_writes_a_row_per_run_and_never_repeats_one(
+    tiny, tiny_sweep_config, read_json_lines, write_hparams, tmp_path, monkeypatch, capsys
+) -> None:
     write_hparams(tmp_path / "hparams.json")
-    cfg = sweep_config(tiny, tmp_path)
+    cfg = tiny_sweep_config(tmp_path)
     first = reproduce(cfg)
     assert (first["ran"], first["skipped"]) == (4, 0)
-    rows = lines(tmp_path / "results.jsonl")
+    rows = read_json_lines(tmp_path / "results.jsonl")
     assert len(rows) == 4
     assert {(r["method"], r["train_fraction"], r["alpha"]) for r in rows} == {
         ("kl", 0.3, 0.0),
@@ -123,13 +96,13 @@ def test_sweep_writes_a_row_per_run_and_never_repeats_one(tiny, tmp_path, monkey
     monkeypatch.setattr(distill_module, "distill", counting)
     again = reproduce(cfg)
     assert calls["distill"] == 0 and (again["ran"], again["skipped"]) == (0, 4)
-    assert len(lines(tmp_path / "results.jsonl")) == 4
+    assert len(read_json_lines(tmp_path / "results.jsonl")) == 4
     assert capsys.readouterr().out.count("skipped") == 4
 
     # Asking for scores later plays the largest fraction's students (one new row each) and the teacher.
-    scored = reproduce(dataclass_replace(cfg, score_episodes=1))
+    scored = reproduce(dataclasses.replace(cfg, score_episodes=1))
     assert calls["distill"] == 0 and (scored["scored"], scored["teachers_scored"]) == (2, 1)
-    rows = lines(tmp_path / "results.jsonl")
+    rows = read_json_lines(tmp_path / "results.jsonl")
     assert len(rows) == 7
     latest = latest_rows(rows)
     assert len(latest) == 5
@@ -137,8 +110,8 @@ def test_sweep_writes_a_row_per_run_and_never_repeats_one(tiny, tmp_path, monkey
     teacher = [r for r in latest if r["method"] == "teacher"]
     assert len(teacher) == 1 and teacher[0]["score_episodes"] == 1
     assert float(teacher[0]["score_mean"]).is_integer() and -21 <= teacher[0]["score_mean"] <= 21
-    reproduce(dataclass_replace(cfg, score_episodes=1))  # all scored and the teacher cached
-    assert len(lines(tmp_path / "results.jsonl")) == 7
+    reproduce(dataclasses.replace(cfg, score_episodes=1))  # all scored and the teacher cached
+    assert len(read_json_lines(tmp_path / "results.jsonl")) == 7
 
     # Another step budget is another cell: it resumes its run directory from latest.pt.
     monkeypatch.undo()
@@ -146,21 +119,23 @@ def test_sweep_writes_a_row_per_run_and_never_repeats_one(tiny, tmp_path, monkey
         tmp_path / "hparams.json",
         pong={"learning_rate": 1e-3, "alpha": 0.5, "steps": 4, "chosen_by": "longer", "precision": "fp32"},
     )
-    longer = reproduce(dataclass_replace(cfg, fractions="0.3", methods="kl"))
+    longer = reproduce(dataclasses.replace(cfg, fractions="0.3", methods="kl"))
     assert (longer["ran"], longer["skipped"]) == (1, 0)
-    row = lines(tmp_path / "results.jsonl")[-1]
+    row = read_json_lines(tmp_path / "results.jsonl")[-1]
     assert (row["steps"], row["resumed_from_step"], row["method"], row["train_fraction"]) == (4, 2, "kl", 0.3)
     assert torch.load(Path(row["run_dir"]) / "latest.pt", weights_only=True)["step"] == 4
 
 
-def test_precision_is_part_of_a_cells_identity(tiny, tmp_path) -> None:
+def test_precision_is_part_of_a_cells_identity(
+    tiny_sweep_config, read_json_lines, write_hparams, tmp_path
+) -> None:
     """A bf16 entry runs bf16 students in their own directories; rows written before precision
     existed count as fp32, so neither kind of run is taken for the other."""
     entry = {"learning_rate": 1e-3, "alpha": 0.5, "steps": 2, "chosen_by": "a test", "precision": "fp32"}
     write_hparams(tmp_path / "hparams.json", pong=entry)
-    cfg = sweep_config(tiny, tmp_path, fractions="0.5", methods="sobolev")
+    cfg = tiny_sweep_config(tmp_path, fractions="0.5", methods="sobolev")
     assert reproduce(cfg)["ran"] == 1
-    fp32_row = lines(tmp_path / "results.jsonl")[0]
+    fp32_row = read_json_lines(tmp_path / "results.jsonl")[0]
     assert fp32_row["precision"] == "fp32"
     old_style = {k: v for k, v in fp32_row.items() if k != "precision"}
     (tmp_path / "results.jsonl").write_text(json.dumps(old_style) + "\n")
@@ -169,7 +144,7 @@ def test_precision_is_part_of_a_cells_identity(tiny, tmp_path) -> None:
     write_hparams(tmp_path / "hparams.json", pong={**entry, "precision": "bf16"})
     assert load_hparams(tmp_path / "hparams.json")["pong"].precision == "bf16"
     assert reproduce(cfg)["ran"] == 1
-    bf16_row = lines(tmp_path / "results.jsonl")[-1]
+    bf16_row = read_json_lines(tmp_path / "results.jsonl")[-1]
     assert bf16_row["precision"] == "bf16" and bf16_row["run_dir"].endswith("sobolev-frac0.5-seed0-bf16")
     checkpoint = torch.load(bf16_row["best_checkpoint"], weights_only=True)
     assert checkpoint["config"]["precision"] == "bf16"
@@ -180,18 +155,12 @@ def test_precision_is_part_of_a_cells_identity(tiny, tmp_path) -> None:
         load_hparams(tmp_path / "bad.json")
 
 
-def dataclass_replace(cfg: SweepConfig, **changes) -> SweepConfig:
-    import dataclasses
-
-    return dataclasses.replace(cfg, **changes)
-
-
-def test_missing_game_in_hparams_is_a_one_line_error(tiny, tmp_path) -> None:
+def test_missing_game_in_hparams_is_a_one_line_error(tiny_sweep_config, write_hparams, tmp_path) -> None:
     path = write_hparams(
         tmp_path / "hparams.json", breakout={"learning_rate": 1e-3, "alpha": 1, "steps": 2, "chosen_by": "x"}
     )
     with pytest.raises(UserError, match=r"hparams\.json has no entry for pong") as info:
-        reproduce(sweep_config(tiny, tmp_path))
+        reproduce(tiny_sweep_config(tmp_path))
     assert "\n" not in str(info.value) and not (tmp_path / "results.jsonl").exists()
     result = subprocess.run(
         [sys.executable, "-m", "policy_distill", "reproduce", "--games", "pong", "--hparams", str(path)],
@@ -218,7 +187,7 @@ def test_missing_game_in_hparams_is_a_one_line_error(tiny, tmp_path) -> None:
         ),
     ],
 )
-def test_bad_hparams_entries_are_refused(tmp_path, entry: dict, expected: str) -> None:
+def test_bad_hparams_entries_are_refused(write_hparams, tmp_path, entry: dict, expected: str) -> None:
     path = write_hparams(tmp_path / "h.json", pong=entry)
     with pytest.raises(UserError, match=expected):
         load_hparams(path)
@@ -239,7 +208,7 @@ OVERRIDDEN = {
 }
 
 
-def test_overrides_apply_per_method_and_fraction_in_file_order(tmp_path) -> None:
+def test_overrides_apply_per_method_and_fraction_in_file_order(write_hparams, tmp_path) -> None:
     hp = load_hparams(write_hparams(tmp_path / "h.json", pong=OVERRIDDEN))["pong"]
     got = {
         (m, f): (c.learning_rate, c.alpha_for(m), c.steps)
@@ -268,17 +237,21 @@ def test_overrides_apply_per_method_and_fraction_in_file_order(tmp_path) -> None
         ({"alpha": 0}, "alpha must be a number > 0"),
     ],
 )
-def test_bad_overrides_are_refused_naming_the_item(tmp_path, override: dict, expected: str) -> None:
+def test_bad_overrides_are_refused_naming_the_item(
+    write_hparams, tmp_path, override: dict, expected: str
+) -> None:
     entry = {**OVERRIDDEN, "overrides": [override]}
     with pytest.raises(UserError, match=expected):
         load_hparams(write_hparams(tmp_path / "h.json", pong=entry))
 
 
-def test_sweep_runs_each_cell_with_its_overrides(tiny, tmp_path) -> None:
+def test_sweep_runs_each_cell_with_its_overrides(
+    tiny_sweep_config, read_json_lines, write_hparams, tmp_path
+) -> None:
     write_hparams(tmp_path / "hparams.json", pong=OVERRIDDEN)
-    cfg = sweep_config(tiny, tmp_path)
+    cfg = tiny_sweep_config(tmp_path)
     assert reproduce(cfg)["ran"] == 4
-    rows = {(r["method"], r["train_fraction"]): r for r in lines(tmp_path / "results.jsonl")}
+    rows = {(r["method"], r["train_fraction"]): r for r in read_json_lines(tmp_path / "results.jsonl")}
     assert {k: (r["learning_rate"], r["alpha"], r["steps"]) for k, r in rows.items()} == {
         ("kl", 0.3): (1e-3, 0.0, 3),
         ("kl", 0.6): (1e-3, 0.0, 2),
@@ -299,11 +272,11 @@ def test_sweep_runs_each_cell_with_its_overrides(tiny, tmp_path) -> None:
     assert "- pong, both methods at fractions 0.3: steps 3 (small data)" in page
 
 
-def test_rows_of_another_teacher_are_not_mixed_in(tiny, tmp_path) -> None:
+def test_rows_of_another_teacher_are_not_mixed_in(tiny_sweep_config, write_hparams, tmp_path) -> None:
     write_hparams(tmp_path / "hparams.json")
     append_row(tmp_path / "results.jsonl", {"game": "pong", "method": "kl", "teacher_sha256": "0" * 64})
     with pytest.raises(UserError, match="another teacher or dataset"):
-        reproduce(sweep_config(tiny, tmp_path))
+        reproduce(tiny_sweep_config(tmp_path))
 
 
 def test_a_line_cut_short_neither_breaks_reading_nor_swallows_the_next_row(tmp_path, capsys) -> None:
@@ -398,7 +371,9 @@ def synthetic_rows(sobolev_shift: float) -> list[dict]:
     return rows
 
 
-def write_report(tmp_path: Path, sobolev_shift: float) -> tuple[dict, str, Summary]:
+def write_report(
+    tmp_path: Path, sobolev_shift: float, write_hparams: Callable[..., Path]
+) -> tuple[dict, str, Summary]:
     results = tmp_path / "results.jsonl"
     for row in synthetic_rows(sobolev_shift):
         append_row(results, row)
@@ -416,14 +391,16 @@ def write_report(tmp_path: Path, sobolev_shift: float) -> tuple[dict, str, Summa
     return result, (tmp_path / "docs" / "README.md").read_text(), summary
 
 
-def test_report_runs_from_a_directory_without_the_default_hparams(tmp_path, monkeypatch) -> None:
+def test_report_runs_from_a_directory_without_the_default_hparams(
+    write_hparams, tmp_path, monkeypatch
+) -> None:
     monkeypatch.chdir(tmp_path)  # no docs/reproduce/hparams.json here: only the given files count
-    result, page, _ = write_report(tmp_path, sobolev_shift=-0.2)
+    result, page, _ = write_report(tmp_path, sobolev_shift=-0.2, write_hparams=write_hparams)
     assert result["runs"] > 0 and "## Setup" in page
 
 
-def test_report_writes_page_and_figures_with_intervals(tmp_path) -> None:
-    result, page, summary = write_report(tmp_path, sobolev_shift=-0.2)
+def test_report_writes_page_and_figures_with_intervals(write_hparams, tmp_path) -> None:
+    result, page, summary = write_report(tmp_path, sobolev_shift=-0.2, write_hparams=write_hparams)
     for name in ("figure4.png", "gradient_fidelity.png"):
         data = (tmp_path / "docs" / name).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5_000
@@ -454,8 +431,8 @@ def test_report_writes_page_and_figures_with_intervals(tmp_path) -> None:
     assert "| 0.5 | 0.750 | 0.0100 / 0.0200 (2.0x) | 0.0100 / 0.0000 (0.0x) | 1 |" in page
 
 
-def test_claim_sentences_follow_the_numbers(tmp_path) -> None:
-    _, page, summary = write_report(tmp_path / "lower", sobolev_shift=-0.1)
+def test_claim_sentences_follow_the_numbers(write_hparams, tmp_path) -> None:
+    _, page, summary = write_report(tmp_path / "lower", sobolev_shift=-0.1, write_hparams=write_hparams)
     sentences = " ".join(claim_sentences(summary, "pong"))
     expected = (
         "action-prediction error: Sobolev's mean is lower than KL-only's at 2 of 2 fractions (0.1, 0.5)"
@@ -466,15 +443,15 @@ def test_claim_sentences_follow_the_numbers(tmp_path) -> None:
     assert "partly consistent" in sentences
     assert all(f"- {s}" in page for s in claim_sentences(summary, "pong"))
 
-    _, page, summary = write_report(tmp_path / "higher", sobolev_shift=+0.1)
+    _, page, summary = write_report(tmp_path / "higher", sobolev_shift=+0.1, write_hparams=write_hparams)
     sentences = " ".join(claim_sentences(summary, "pong"))
     assert "Sobolev's mean is lower than KL-only's at 0 of 2 fractions (none)" in sentences
     assert "-25.0% at the smallest fraction" in sentences and "not consistent with the paper" in sentences
     assert "lower than KL-only's at 2 of 2" not in page
 
 
-def test_report_cli_prints_json_and_needs_a_table(tmp_path) -> None:
-    write_report(tmp_path, sobolev_shift=-0.2)
+def test_report_cli_prints_json_and_needs_a_table(write_hparams, tmp_path) -> None:
+    write_report(tmp_path, sobolev_shift=-0.2, write_hparams=write_hparams)
     args = [sys.executable, "-m", "policy_distill", "report", "--hparams", str(tmp_path / "hparams.json")]
     ok = subprocess.run(
         [*args, "--results", str(tmp_path / "results.jsonl"), "--out", str(tmp_path / "cli"), "--json"],
@@ -493,8 +470,10 @@ def test_report_cli_prints_json_and_needs_a_table(tmp_path) -> None:
     )
 
 
-def test_report_places_a_hand_written_discussion_and_preface_and_refuses_a_missing_one(tmp_path) -> None:
-    _, page, _ = write_report(tmp_path, sobolev_shift=-0.2)
+def test_report_places_a_hand_written_discussion_and_preface_and_refuses_a_missing_one(
+    write_hparams, tmp_path
+) -> None:
+    _, page, _ = write_report(tmp_path, sobolev_shift=-0.2, write_hparams=write_hparams)
     assert "## Discussion" not in page
 
     def page_with(**files: str) -> str:
@@ -524,16 +503,18 @@ def test_report_places_a_hand_written_discussion_and_preface_and_refuses_a_missi
             page_with(**{name: str(tmp_path / "nope.md")})
 
 
-def test_the_estimator_is_part_of_a_sobolev_cells_identity(tiny, tmp_path) -> None:
+def test_the_estimator_is_part_of_a_sobolev_cells_identity(
+    tiny_sweep_config, read_json_lines, write_hparams, tmp_path
+) -> None:
     """An fd entry runs its Sobolev students in their own directories; KL-only cells and rows
     written before the field existed (the paper's vjp) are not taken for them."""
     entry = {"learning_rate": 1e-3, "alpha": 0.5, "steps": 2, "chosen_by": "a test", "precision": "fp32"}
     write_hparams(tmp_path / "hparams.json", pong=entry)
-    cfg = sweep_config(tiny, tmp_path, fractions="0.5")
+    cfg = tiny_sweep_config(tmp_path, fractions="0.5")
     assert reproduce(cfg)["ran"] == 2
     old_style = [
         {k: v for k, v in row.items() if k not in ("sobolev_estimator", "samples_per_direction")}
-        for row in lines(tmp_path / "results.jsonl")
+        for row in read_json_lines(tmp_path / "results.jsonl")
     ]
     (tmp_path / "results.jsonl").write_text("".join(json.dumps(row) + "\n" for row in old_style))
     assert reproduce(cfg)["skipped"] == 2  # old rows are vjp cells
@@ -541,7 +522,7 @@ def test_the_estimator_is_part_of_a_sobolev_cells_identity(tiny, tmp_path) -> No
     write_hparams(tmp_path / "hparams.json", pong={**entry, "sobolev_estimator": "fd"})
     again = reproduce(cfg)
     assert (again["ran"], again["skipped"]) == (1, 1)  # the KL-only cell is the same cell
-    fd_row = lines(tmp_path / "results.jsonl")[-1]
+    fd_row = read_json_lines(tmp_path / "results.jsonl")[-1]
     assert fd_row["sobolev_estimator"] == "fd" and fd_row["samples_per_direction"] == 1
     assert fd_row["run_dir"].endswith("sobolev-fd-frac0.5-seed0")
     assert torch.load(fd_row["best_checkpoint"], weights_only=True)["config"]["sobolev_estimator"] == "fd"
@@ -550,7 +531,7 @@ def test_the_estimator_is_part_of_a_sobolev_cells_identity(tiny, tmp_path) -> No
         tmp_path / "hparams.json", pong={**entry, "sobolev_estimator": "fd", "samples_per_direction": 4}
     )
     assert reproduce(cfg)["ran"] == 1
-    shared = lines(tmp_path / "results.jsonl")[-1]
+    shared = read_json_lines(tmp_path / "results.jsonl")[-1]
     assert shared["samples_per_direction"] == 4
     assert shared["run_dir"].endswith("sobolev-fd-share4-frac0.5-seed0")
     write_hparams(tmp_path / "bad.json", pong={**entry, "samples_per_direction": 0})
@@ -575,22 +556,24 @@ def test_the_estimator_is_part_of_a_sobolev_cells_identity(tiny, tmp_path) -> No
     ],
 )
 def test_a_student_field_makes_both_methods_other_cells(
-    tiny, tmp_path, field, value, suffix, bad, message
+    tiny_sweep_config, read_json_lines, write_hparams, tmp_path, field, value, suffix, bad, message
 ) -> None:
     """centre_first_layer or student_width (the capacity test) in the file: KL and Sobolev cells
     both run again, in their own directories, with that student; rows without the field are the
     paper's student, and the report keeps them out of the new cells."""
     entry = {"learning_rate": 1e-3, "alpha": 0.5, "steps": 2, "chosen_by": "a test", "precision": "fp32"}
     write_hparams(tmp_path / "hparams.json", pong=entry)
-    cfg = sweep_config(tiny, tmp_path, fractions="0.5")
+    cfg = tiny_sweep_config(tmp_path, fractions="0.5")
     assert reproduce(cfg)["ran"] == 2
-    old_style = [{k: v for k, v in r.items() if k != field} for r in lines(tmp_path / "results.jsonl")]
+    old_style = [
+        {k: v for k, v in r.items() if k != field} for r in read_json_lines(tmp_path / "results.jsonl")
+    ]
     (tmp_path / "results.jsonl").write_text("".join(json.dumps(row) + "\n" for row in old_style))
     assert reproduce(cfg)["skipped"] == 2
 
     write_hparams(tmp_path / "hparams.json", pong={**entry, field: value})
     assert reproduce(cfg)["ran"] == 2 and reproduce(cfg)["skipped"] == 2
-    new = lines(tmp_path / "results.jsonl")[-2:]
+    new = read_json_lines(tmp_path / "results.jsonl")[-2:]
     assert {r["method"] for r in new} == {"kl", "sobolev"}
     for row in new:
         assert row[field] == value and row["run_dir"].endswith(suffix)

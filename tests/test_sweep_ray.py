@@ -3,6 +3,7 @@ the table; a cell whose worker is killed is rerun from its latest.pt, neither lo
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import threading
@@ -11,7 +12,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_sweep import dataclass_replace, lines, sweep_config, write_hparams
 
 from policy_distill.errors import UserError
 from policy_distill.experiments.sweep import latest_rows, read_rows, reproduce, row_key
@@ -33,28 +33,33 @@ def local_ray():
     ray.shutdown()
 
 
-def test_ray_sweep_streams_rows_to_the_driver_and_never_repeats_a_cell(local_ray, tiny, tmp_path) -> None:
+def test_ray_sweep_streams_rows_to_the_driver_and_never_repeats_a_cell(
+    local_ray, tiny_sweep_config, read_json_lines, write_hparams, tmp_path
+) -> None:
     write_hparams(tmp_path / "hparams.json")
-    cfg = sweep_config(tiny, tmp_path, methods="kl", executor="ray")
+    cfg = tiny_sweep_config(tmp_path, methods="kl", executor="ray")
     first = reproduce(cfg)
     assert (first["ran"], first["skipped"]) == (2, 0)
-    rows = lines(tmp_path / "results.jsonl")
+    rows = read_json_lines(tmp_path / "results.jsonl")
     assert sorted(r["train_fraction"] for r in rows) == [0.3, 0.6]
     for r in rows:
         assert r["method"] == "kl" and r["steps"] == 2 and r["resumed_from_step"] == 0
         assert torch.load(Path(r["run_dir"]) / "latest.pt", weights_only=True)["step"] == 2
     again = reproduce(cfg)
-    assert (again["ran"], again["skipped"]) == (0, 2) and len(lines(tmp_path / "results.jsonl")) == 2
+    assert (again["ran"], again["skipped"]) == (0, 2)
+    assert len(read_json_lines(tmp_path / "results.jsonl")) == 2
     # The same table, read by the local executor: nothing to run either.
-    assert reproduce(dataclass_replace(cfg, executor="local"))["skipped"] == 2
+    assert reproduce(dataclasses.replace(cfg, executor="local"))["skipped"] == 2
 
 
-def test_a_killed_worker_is_rerun_from_its_checkpoint_with_one_row(local_ray, tiny, tmp_path) -> None:
+def test_a_killed_worker_is_rerun_from_its_checkpoint_with_one_row(
+    local_ray, tiny_sweep_config, read_json_lines, write_hparams, tmp_path
+) -> None:
     write_hparams(
         tmp_path / "hparams.json",
         pong={"learning_rate": 1e-3, "alpha": 0.5, "steps": 120, "chosen_by": "a test", "precision": "fp32"},
     )
-    cfg = sweep_config(tiny, tmp_path, methods="kl", executor="ray", eval_every=10, fidelity_frames=2)
+    cfg = tiny_sweep_config(tmp_path, methods="kl", executor="ray", eval_every=10, fidelity_frames=2)
     run_dir = tmp_path / "runs" / "pong" / "kl-frac0.3-seed0"
     killed: list[int] = []
 
@@ -71,7 +76,7 @@ def test_a_killed_worker_is_rerun_from_its_checkpoint_with_one_row(local_ray, ti
     result = reproduce(cfg)
     killer.join(timeout=5)
     assert killed and result["ran"] == 2
-    rows = lines(tmp_path / "results.jsonl")
+    rows = read_json_lines(tmp_path / "results.jsonl")
     assert len(rows) == 2 and len({row_key(r) for r in rows}) == 2  # one row per cell
     rerun = next(r for r in rows if r["train_fraction"] == 0.3)
     assert 10 <= rerun["resumed_from_step"] < 120  # it resumed, and was not run twice
@@ -80,9 +85,11 @@ def test_a_killed_worker_is_rerun_from_its_checkpoint_with_one_row(local_ray, ti
     assert latest_rows(read_rows(tmp_path / "results.jsonl")) == rows
 
 
-def test_ray_refuses_a_missing_dataset_before_running_anything(local_ray, tiny, tmp_path) -> None:
+def test_ray_refuses_a_missing_dataset_before_running_anything(
+    local_ray, tiny_sweep_config, write_hparams, tmp_path
+) -> None:
     write_hparams(tmp_path / "hparams.json")
-    cfg = sweep_config(tiny, tmp_path, executor="ray", data=str(tmp_path / "nowhere"))
+    cfg = tiny_sweep_config(tmp_path, executor="ray", data=str(tmp_path / "nowhere"))
     with pytest.raises(UserError, match="record it first"):
         reproduce(cfg)
     assert not (tmp_path / "results.jsonl").exists()

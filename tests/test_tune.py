@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -156,31 +155,6 @@ def test_a_setting_that_collapses_after_its_best_evaluation_does_not_win() -> No
     assert choose(cfg, 0.05, lookup).sobolev == Setting("sobolev", 1e-3, 0.01)
 
 
-def tune_config(tiny: Path, out: Path, **changes) -> TuneConfig:
-    base = dict(
-        game="pong",
-        data=str(tiny / "data"),
-        teacher=str(tiny / "teacher.pt"),
-        fractions="0.6",
-        learning_rates="5e-4,1e-3",
-        alphas="0.01,0.1",
-        estimators="vjp,fd",
-        steps=2,
-        budget_steps=4,
-        eval_every=2,
-        batch_size=16,
-        eval_frames=64,
-        fidelity_frames=4,
-        device="cpu",
-        results=str(out / "pong.jsonl"),
-        out=str(out / "pong.md"),
-        runs_dir=str(out / "runs"),
-        hparams=str(out / "hparams.json"),
-    )
-    base.update(changes)
-    return TuneConfig(**base)
-
-
 def test_writing_an_entry_refuses_to_pair_tuned_values_with_another_student(tmp_path) -> None:
     """Tune's values are the paper's student's: an entry asking for a wider one is not overwritten."""
     from policy_distill.experiments.tune import _write_entry
@@ -196,9 +170,11 @@ def test_writing_an_entry_refuses_to_pair_tuned_values_with_another_student(tmp_
     assert json.loads(path.read_text())["pong"]["learning_rate"] == 2e-3
 
 
-def test_tune_runs_the_walk_once_and_writes_its_page_and_entry(tiny, tmp_path, capsys) -> None:
+def test_tune_runs_the_walk_once_and_writes_its_page_and_entry(
+    tiny, tiny_tune_config, tmp_path, capsys
+) -> None:
     (tmp_path / "hparams.json").write_text(json.dumps({"_comment": "x"}))
-    cfg = tune_config(tiny, tmp_path, write_hparams=True)
+    cfg = tiny_tune_config(tmp_path, write_hparams=True)
     first = tune(cfg)
     rows = read_rows(tmp_path / "pong.jsonl")
     assert first["ran"] == len(rows) >= 7 and first["finished_fractions"] == [0.6]
@@ -234,7 +210,7 @@ def test_tune_runs_the_walk_once_and_writes_its_page_and_entry(tiny, tmp_path, c
     assert "done: final validation KL" in capsys.readouterr().out
 
 
-def test_a_diverged_run_is_recorded_and_the_walk_goes_on(tiny, tmp_path, monkeypatch) -> None:
+def test_a_diverged_run_is_recorded_and_the_walk_goes_on(tiny_tune_config, tmp_path, monkeypatch) -> None:
     import policy_distill.distill as distill_module
 
     real = distill_module.distill
@@ -245,7 +221,7 @@ def test_a_diverged_run_is_recorded_and_the_walk_goes_on(tiny, tmp_path, monkeyp
         return real(cfg)
 
     monkeypatch.setattr(distill_module, "distill", diverging_at_2e3)
-    cfg = tune_config(tiny, tmp_path, learning_rates="5e-4,1e-3,2e-3", estimators="vjp")
+    cfg = tiny_tune_config(tmp_path, learning_rates="5e-4,1e-3,2e-3", estimators="vjp")
     result = tune(cfg)
     diverged = [r for r in read_rows(tmp_path / "pong.jsonl") if r["diverged"]]
     assert diverged and all(r["learning_rate"] == 2e-3 and r["history"] == [] for r in diverged)
@@ -255,15 +231,15 @@ def test_a_diverged_run_is_recorded_and_the_walk_goes_on(tiny, tmp_path, monkeyp
     # A ladder on which everything diverges is an error that names the ladder, not a choice.
     with pytest.raises(UserError, match="every value of `learning_rates` tried for kl-lr0.002 .* diverged"):
         tune(
-            tune_config(
-                tiny, tmp_path / "all", learning_rates="2e-3", start_learning_rate=2e-3, estimators="vjp"
+            tiny_tune_config(
+                tmp_path / "all", learning_rates="2e-3", start_learning_rate=2e-3, estimators="vjp"
             )
         )
 
 
-def test_a_row_holds_only_its_own_steps_of_a_directory_run_further(tiny, tmp_path) -> None:
-    tune(tune_config(tiny, tmp_path, steps=4, budget_steps=4))  # directories run to step 4
-    tune(tune_config(tiny, tmp_path, steps=2, budget_steps=4, results=str(tmp_path / "short.jsonl")))
+def test_a_row_holds_only_its_own_steps_of_a_directory_run_further(tiny_tune_config, tmp_path) -> None:
+    tune(tiny_tune_config(tmp_path, steps=4, budget_steps=4))  # directories run to step 4
+    tune(tiny_tune_config(tmp_path, steps=2, budget_steps=4, results=str(tmp_path / "short.jsonl")))
     short = read_rows(tmp_path / "short.jsonl")
     assert short and all(r["history"][-1]["step"] == r["steps"] for r in short)
     assert {r["steps"] for r in short} >= {2}
@@ -274,8 +250,8 @@ def test_a_row_holds_only_its_own_steps_of_a_directory_run_further(tiny, tmp_pat
     assert page.count("| none (read from a run continued further) |") == len(reused)
 
 
-def test_rows_of_another_teacher_are_refused(tiny, tmp_path) -> None:
-    cfg = tune_config(tiny, tmp_path)
+def test_rows_of_another_teacher_are_refused(tiny_tune_config, tmp_path) -> None:
+    cfg = tiny_tune_config(tmp_path)
     row = {k: None for k in KEY_FIELDS}
     row.update(game="pong", validation_fraction=0.1, seed=0, precision="fp32", batch_size=16, eval_every=2,
                eval_frames=64, fidelity_frames=4, teacher_sha256="0" * 64)  # fmt: skip
@@ -283,13 +259,13 @@ def test_rows_of_another_teacher_are_refused(tiny, tmp_path) -> None:
     with pytest.raises(UserError, match="runs of another teacher or recording"):
         tune(cfg)
     # Also for a page written from the rows alone, with no recording at hand.
-    page_only = tune_config(tiny, tmp_path, data=str(tmp_path / "absent"), report_only=True)
+    page_only = tiny_tune_config(tmp_path, data=str(tmp_path / "absent"), report_only=True)
     with pytest.raises(UserError, match="runs of another teacher or recording"):
         tune(page_only)
 
 
 def test_a_search_never_mixes_recordings_when_its_data_goes_missing_or_changes(
-    tiny, tmp_path, monkeypatch
+    tiny, tiny_tune_config, tmp_path, monkeypatch
 ) -> None:
     import shutil
 
@@ -297,7 +273,7 @@ def test_a_search_never_mixes_recordings_when_its_data_goes_missing_or_changes(
 
     data = tmp_path / "data"
     shutil.copytree(tiny / "data", data)
-    cfg = tune_config(tiny, tmp_path, data=str(data), estimators="vjp")
+    cfg = tiny_tune_config(tmp_path, data=str(data), estimators="vjp")
     real = distill_module.distill
     calls = []
 
@@ -332,7 +308,7 @@ def test_a_search_never_mixes_recordings_when_its_data_goes_missing_or_changes(
     monkeypatch.setattr(distill_module, "distill", rerecord_before_the_second_run)
     shutil.rmtree(data)
     shutil.copytree(tiny / "data", data)
-    late = tune_config(tiny, tmp_path / "late", data=str(data), estimators="vjp")
+    late = tiny_tune_config(tmp_path / "late", data=str(data), estimators="vjp")
     with pytest.raises(UserError, match="its row is left out; restore that recording as `data`"):
         tune(late)
     assert len(calls) == 2 and len(read_rows(tmp_path / "late" / "pong.jsonl")) == 1
@@ -343,13 +319,13 @@ def test_a_search_never_mixes_recordings_when_its_data_goes_missing_or_changes(
         tune(cfg)
     assert not data.exists()
     # The page is still written from the committed rows, which need no recording.
-    tune(tune_config(tiny, tmp_path, data=str(data), estimators="vjp", report_only=True))
+    tune(tiny_tune_config(tmp_path, data=str(data), estimators="vjp", report_only=True))
     page = (tmp_path / "pong.md").read_text()
     assert f"--data {data}" in page and "Recording (data content sha256): " in page
 
 
-def test_tune_refuses_to_write_an_entry_before_every_fraction_is_done(tiny, tmp_path) -> None:
-    cfg = tune_config(tiny, tmp_path, fractions="0.3,0.6", report_only=True, write_hparams=True)
+def test_tune_refuses_to_write_an_entry_before_every_fraction_is_done(tiny_tune_config, tmp_path) -> None:
+    cfg = tiny_tune_config(tmp_path, fractions="0.3,0.6", report_only=True, write_hparams=True)
     with pytest.raises(UserError, match=r"search of pong is not finished at fraction\(s\) 0.3, 0.6"):
         tune(cfg)
     assert "not finished: run the tune command again" in (tmp_path / "pong.md").read_text()
