@@ -583,18 +583,22 @@ def _setup(summary: Summary) -> list[str]:
     lines += [f"- {hw}: {n}" for hw, n in sorted(hardware.items())] or ["- none yet"]
     lines += [
         "",
-        "Mean wall time per run (of runs that started from step 0: a resumed run's time covers only "
-        "its last part):",
+        "Wall time per run (of runs that started from step 0: a resumed run's time covers only its "
+        "last part). The median, beside the range: a run that shared its core with other work (a "
+        "test suite, say) took longer, and one such run would drag a mean:",
         "",
-        "| hardware | game | method | runs | mean wall time |",
-        "|---|---|---|---:|---:|",
+        "| hardware | game | method | runs | median wall time | range |",
+        "|---|---|---|---:|---:|---:|",
     ]
     groups: dict[tuple[str, str, str], list[float]] = {}
     for r in summary.students:
         if not r.get("resumed_from_step"):
             groups.setdefault((r.get("hardware", "unknown"), r["game"], r["method"]), []).append(r["wall_s"])
     for (hw, game, method), times in sorted(groups.items()):
-        lines.append(f"| {hw} | {game} | {LABELS[method]} | {len(times)} | {np.mean(times) / 60:.1f} min |")
+        lines.append(
+            f"| {hw} | {game} | {LABELS[method]} | {len(times)} | {np.median(times) / 60:.1f} min "
+            f"| {min(times) / 60:.1f}-{max(times) / 60:.1f} min |"
+        )
     resumed = sum(1 for r in summary.students if r.get("resumed_from_step"))
     if resumed:
         lines += ["", f"{resumed} resumed run(s) left out of the wall times."]
