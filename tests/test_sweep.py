@@ -420,8 +420,10 @@ def test_report_writes_page_and_figures_with_intervals(write_hparams, tmp_path) 
     assert "pong, Sobolev, fraction 0.8: waiting (no seed yet)" in page
     assert "breakout, KL only, fraction 0.1: seeds 1, 2 waiting" in page
     assert "grid over 1e-4..1e-3" in page and "CPU only, 2 cores (test)" in page
-    assert "| CPU only, 2 cores (test) | pong | KL only | 6 | 1.0 min | 1.0-10.0 min |" in page
-    assert "| CPU only, 2 cores (test) | pong | Sobolev | 6 | 2.0 min | 2.0-20.0 min |" in page
+    assert "| CPU only, 2 cores (test) | pong | KL only | 6 | 1.0 min | 1.0-10.0 min | 0.25 h |" in page
+    assert "| CPU only, 2 cores (test) | pong | Sobolev | 6 | 2.0 min | 2.0-20.0 min | 0.50 h |" in page
+    # 12 pong runs (15 and 30 min) and 2 breakout ones (1 min each).
+    assert "In all: 14 student runs, 0.8 process-hours of wall time" in page
     assert "- pong: teacher `pong` sha256 aaaaaaaaaaaaaaaa..., recording sha256 unknown...: 12" in page
     assert "| CPU only, 2 cores (test) | pong | Sobolev | 6 | 2.0 min |" in page
     assert "9.5 ± 6.9 std (20 games)" in page  # the teacher's score

@@ -587,8 +587,8 @@ def _setup(summary: Summary) -> list[str]:
         "last part). The median, beside the range: a run that shared its core with other work (a "
         "test suite, say) took longer, and one such run would drag a mean:",
         "",
-        "| hardware | game | method | runs | median wall time | range |",
-        "|---|---|---|---:|---:|---:|",
+        "| hardware | game | method | runs | median wall time | range | total |",
+        "|---|---|---|---:|---:|---:|---:|",
     ]
     groups: dict[tuple[str, str, str], list[float]] = {}
     for r in summary.students:
@@ -597,11 +597,18 @@ def _setup(summary: Summary) -> list[str]:
     for (hw, game, method), times in sorted(groups.items()):
         lines.append(
             f"| {hw} | {game} | {LABELS[method]} | {len(times)} | {np.median(times) / 60:.1f} min "
-            f"| {min(times) / 60:.1f}-{max(times) / 60:.1f} min |"
+            f"| {min(times) / 60:.1f}-{max(times) / 60:.1f} min | {sum(times) / 3600:.2f} h |"
         )
     resumed = sum(1 for r in summary.students if r.get("resumed_from_step"))
     if resumed:
-        lines += ["", f"{resumed} resumed run(s) left out of the wall times."]
+        lines += ["", f"{resumed} resumed run(s) left out of the wall times above."]
+    total = sum(r.get("wall_s") or 0.0 for r in summary.students)
+    lines += [
+        "",
+        f"In all: {len(summary.students)} student runs, {total / 3600:.1f} process-hours of wall time "
+        "(one process per run; a resumed run counts from the step it resumed at; teacher scoring and "
+        "recording not included).",
+    ]
     return lines
 
 
