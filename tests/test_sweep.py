@@ -15,6 +15,7 @@ import pytest
 import torch
 
 import policy_distill.distill as distill_module
+import policy_distill.experiments.sweep as sweep_module
 from policy_distill.checkpoint import hardware_description
 from policy_distill.dataset import load_dataset
 from policy_distill.errors import UserError
@@ -185,6 +186,16 @@ def test_missing_game_in_hparams_is_a_one_line_error(tiny_sweep_config, write_hp
             {"learning_rate": 1e-3, "alpha": 1, "steps": 2, "chosen_by": "x", "lr": 1},
             r"unknown field\(s\) lr",
         ),
+        (
+            {
+                "learning_rate": 1e-3,
+                "alpha": 1,
+                "steps": 2,
+                "chosen_by": "x",
+                "tuning_recording_sha256": "7247",
+            },
+            "tuning_recording_sha256 must be a recording's content sha256",
+        ),
     ],
 )
 def test_bad_hparams_entries_are_refused(write_hparams, tmp_path, entry: dict, expected: str) -> None:
@@ -277,6 +288,27 @@ def test_rows_of_another_teacher_are_not_mixed_in(tiny_sweep_config, write_hpara
     append_row(tmp_path / "results.jsonl", {"game": "pong", "method": "kl", "teacher_sha256": "0" * 64})
     with pytest.raises(UserError, match="another teacher or dataset"):
         reproduce(tiny_sweep_config(tmp_path))
+
+
+def test_the_grid_is_refused_on_the_recording_its_hyperparameters_were_tuned_on(
+    tiny, tiny_sweep_config, write_hparams, tmp_path
+) -> None:
+    tuned_on = json.loads((tiny / "data" / "meta.json").read_text())["content_sha256"]
+    entry = {"learning_rate": 1e-3, "alpha": 0.5, "steps": 2, "chosen_by": "a test", "precision": "fp32"}
+    write_hparams(tmp_path / "hparams.json", pong={**entry, "tuning_recording_sha256": tuned_on})
+    cfg = tiny_sweep_config(tmp_path)
+    with pytest.raises(UserError, match="is the recording pong's hyperparameters were tuned on"):
+        reproduce(cfg)
+    assert not (tmp_path / "results.jsonl").exists()
+    # A recording a cell's own run made (none was there at the start) is checked before its row lands.
+    chosen = {"pong": load_hparams(tmp_path / "hparams.json")["pong"]}
+    row = {"game": "pong", "dataset_sha256": tuned_on}
+    with pytest.raises(UserError, match="hyperparameters were tuned on"):
+        sweep_module._finish(cfg, sweep_module.Cell((), "cell", False), row, {}, {}, chosen)
+    assert not (tmp_path / "results.jsonl").exists()
+    # Another recording's sha: the grid runs.
+    write_hparams(tmp_path / "hparams.json", pong={**entry, "tuning_recording_sha256": "0" * 64})
+    assert reproduce(dataclasses.replace(cfg, methods="kl", fractions="0.6"))["ran"] == 1
 
 
 def test_a_line_cut_short_neither_breaks_reading_nor_swallows_the_next_row(tmp_path, capsys) -> None:

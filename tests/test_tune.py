@@ -199,6 +199,7 @@ def test_tune_runs_the_walk_once_and_writes_its_page_and_entry(
     assert "policy_distill tune" in hp.chosen_by and hp.precision == "fp32"
     recording = json.loads((tiny / "data" / "meta.json").read_text())["content_sha256"]
     assert f"recording sha256 {recording[:12]}..." in hp.chosen_by
+    assert hp.tuning_recording_sha256 == recording  # reproduce refuses a grid on it
     page = (tmp_path / "pong.md").read_text()
     assert "Chosen: KL only `kl-lr" in page and '"pong": {' in page
     assert f"{len(rows)} runs" in page
@@ -322,6 +323,22 @@ def test_a_search_never_mixes_recordings_when_its_data_goes_missing_or_changes(
     tune(tiny_tune_config(tmp_path, data=str(data), estimators="vjp", report_only=True))
     page = (tmp_path / "pong.md").read_text()
     assert f"--data {data}" in page and "Recording (data content sha256): " in page
+
+
+def test_a_search_without_a_recording_records_its_own_seeded_apart_from_the_grids(
+    tiny, tiny_tune_config, tmp_path, capsys
+) -> None:
+    data = tmp_path / "pong-tuning"
+    one_setting = dict(fractions="0.8", estimators="vjp", learning_rates="1e-3", alphas="0.01")
+    cfg = tiny_tune_config(tmp_path, data=str(data), recording_frames=200, **one_setting)
+    tune(cfg)
+    meta = json.loads((data / "meta.json").read_text())
+    assert (meta["seed"], meta["frames"]) == (1, 200)
+    assert "recording 200 frames, seed 1" in capsys.readouterr().out
+    grid = json.loads((tiny / "data" / "meta.json").read_text())  # recorded with collect's seed 0
+    assert grid["seed"] == 0 and meta["content_sha256"] != grid["content_sha256"]
+    rows = read_rows(tmp_path / "pong.jsonl")
+    assert rows and {r["dataset_sha256"] for r in rows} == {meta["content_sha256"]}
 
 
 def test_tune_refuses_to_write_an_entry_before_every_fraction_is_done(tiny_tune_config, tmp_path) -> None:

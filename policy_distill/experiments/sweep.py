@@ -35,6 +35,7 @@ import functools
 import json
 import math
 import os
+import re
 import sys
 import time
 from collections.abc import Iterable, Sequence
@@ -268,6 +269,10 @@ class GameHparams:
     student_width: float = 1.0
     """Both methods: multiplier of the student's channels and hidden units (distill's
     student_width; 1 is the paper's student). Optional in the file; part of a cell's identity."""
+    tuning_recording_sha256: str = ""
+    """Optional in the file (``tune --write-hparams`` writes it): the content sha256 of the
+    recording these values were chosen on. The grid is refused on that recording, whose frames
+    would then be both the search's and the grid's test frames."""
     overrides: tuple[Override, ...] = ()
     """Optional in the file: ``[{"methods": [...], "fractions": [...], "<field>": value, ...}]``,
     applied in order to the cells each matches (a method's own learning rate, an alpha for the
@@ -384,20 +389,29 @@ def load_hparams(path: str | Path) -> dict[str, GameHparams]:
         unknown = sorted(
             k
             for k in entry
-            if not k.startswith("_") and k not in {*OVERRIDABLE, "precision", "chosen_by", "overrides"}
+            if not k.startswith("_")
+            and k not in {*OVERRIDABLE, "precision", "chosen_by", "tuning_recording_sha256", "overrides"}
         )
         if unknown:
             raise UserError(
                 f"{where}: unknown field(s) {', '.join(unknown)}; an entry has learning_rate, alpha, "
-                f"steps, chosen_by, and optionally precision, {', '.join(OVERRIDABLE[3:])}, overrides"
+                f"steps, chosen_by, and optionally precision, {', '.join(OVERRIDABLE[3:])}, "
+                "tuning_recording_sha256, overrides"
             )
         chosen_by = entry["chosen_by"]
         if not isinstance(chosen_by, str) or not chosen_by.strip():
             raise UserError(f"{where}: chosen_by must say how the values were chosen")
+        tuned_on = entry.get("tuning_recording_sha256", "")
+        if not (isinstance(tuned_on, str) and re.fullmatch(r"([0-9a-f]{64})?", tuned_on)):
+            raise UserError(
+                f"{where}: tuning_recording_sha256 must be a recording's content sha256 (64 hex digits, "
+                f"from its meta.json), got {tuned_on!r}"
+            )
         values = {k: _checked_value(where, k, entry[k]) for k in (*OVERRIDABLE, "precision") if k in entry}
         out[game] = GameHparams(
             chosen_by=" ".join(chosen_by.split()),
             overrides=_overrides(where, entry.get("overrides", [])),
+            tuning_recording_sha256=tuned_on,
             **values,
         )
     return out
@@ -599,6 +613,7 @@ def reproduce(cfg: SweepConfig) -> dict[str, Any]:
         hp = chosen[game]
         teachers[game] = load_teacher(_teacher_ref(cfg, game), game=game, device=device)
         _check_provenance(cfg, game, teachers[game], done.values())
+        _check_not_tuned_on(cfg, game, hp, recorded_content_sha256(Path(cfg.data.replace("{game}", game))))
         for fraction in fractions:
             for method in methods:
                 for seed in seeds:
@@ -618,13 +633,13 @@ def reproduce(cfg: SweepConfig) -> dict[str, Any]:
                         _log(f"{cell.label}: skipped (finished, in {results})")
                         continue
                     _log(f"{cell.label}: finished (in {results}); playing {cfg.score_episodes} games")
-                    _finish(cfg, cell, row, done, counts)
+                    _finish(cfg, cell, row, done, counts, chosen)
 
     if pending:
         with make_executor(cfg, functools.partial(_run_cell, cfg), hardware) as executor:
             for cell, row in executor.run(pending):  # rows as their cells finish, in any order
                 counts["ran"] += 1
-                _finish(cfg, cell, row, done, counts)
+                _finish(cfg, cell, row, done, counts, chosen)
     if cfg.score_episodes > 0:
         for game in games:
             counts["teachers_scored"] += _score_teacher(cfg, game, teachers[game], done, results, hardware)
@@ -647,8 +662,11 @@ def _finish(
     row: dict[str, Any],
     done: dict[tuple[Any, ...], dict[str, Any]],
     counts: dict[str, int],
+    chosen: dict[str, GameHparams],
 ) -> None:
     """Score a cell's student if wanted, append its row (the driver alone writes), log it."""
+    # A recording made by the cell's own run (there was none) is checked here, before its row lands.
+    _check_not_tuned_on(cfg, row["game"], chosen[row["game"]], row.get("dataset_sha256"))
     if cell.want_score and "score_mean" not in row:
         row = {**row, **_score_student(row, cfg)}
         counts["scored"] += 1
@@ -659,6 +677,18 @@ def _finish(
         f"cos {row['final_grad_cosine']:.3f} ({row['wall_s']:.0f} s)"
         + (f", score {row['score_mean']:.2f} +- {row['score_std']:.2f}" if "score_mean" in row else "")
     )
+
+
+def _check_not_tuned_on(cfg: SweepConfig, game: str, hp: GameHparams, dataset_sha: str | None) -> None:
+    """Refuse to measure the grid on the recording the game's hyperparameters were chosen on."""
+    if dataset_sha and dataset_sha == hp.tuning_recording_sha256:
+        data = cfg.data.replace("{game}", game)
+        raise UserError(
+            f"{data} is the recording {game}'s hyperparameters were tuned on (sha256 {dataset_sha[:12]}...), "
+            f"so its frames would be the grid's test frames too; move it away and record the grid's own "
+            f"with `collect --game {game} --out {data}` (seed 0; tune records data/{game}-tuning with "
+            "seed 1), or pass another `data`"
+        )
 
 
 def _check_provenance(cfg: SweepConfig, game: str, teacher: Any, rows: Iterable[dict[str, Any]]) -> None:

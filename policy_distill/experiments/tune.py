@@ -2,8 +2,12 @@
 
 The grid (:mod:`.sweep`) takes per game a learning rate, alpha, Sobolev estimator and step
 budget from ``docs/reproduce/hparams.json``; this module chooses them without touching any test
-part. For each *tuned fraction* x (default 0.05 and 0.8: one of the small-data fractions, one of
-the large), every run trains on the first x of the recording minus its last
+part. The search runs on a recording of its own (``data/<game>-tuning``, recorded with seed 1),
+not on the grid's (``data/<game>``, seed 0): one recording's fraction x validates on frames that
+are in the test part of every smaller fraction's cells. The entry it writes names that recording
+(``tuning_recording_sha256``), and the grid refuses to run on it. For each *tuned fraction* x
+(default 0.05 and 0.8: one of the small-data fractions, one of the large), every run trains on
+the first x of the search's recording minus its last
 ``validation_fraction`` and is scored on that last part (whole episodes from the episode start
 before the cut, ``validation_boundary previous``: at 5% a Pong episode is half the training part).
 The score of a run is its validation KL after its last step (as the grid reports its runs); a
@@ -49,7 +53,15 @@ from typing import Any
 from policy_distill.checkpoint import atomic_write_bytes, hardware_description
 from policy_distill.dataset import recorded_content_sha256
 from policy_distill.distill import TUNED_ALPHA, TrainingSchedule
-from policy_distill.errors import NonFiniteLoss, UserError, at_least, check_fields, one_of, within
+from policy_distill.errors import (
+    MAX_ENV_SEED,
+    NonFiniteLoss,
+    UserError,
+    at_least,
+    check_fields,
+    one_of,
+    within,
+)
 from policy_distill.losses import SOBOLEV_ESTIMATORS
 from policy_distill.settings import PRECISION_CHOICES, game_info
 
@@ -79,9 +91,17 @@ class TuneConfig(TrainingSchedule):
     """One game's search; defaults: two tuned fractions, the ladders below, fp32, one seed."""
 
     game: str = "pong"
-    """Game to tune (its shipped teacher and data/<game> unless given)."""
-    data: str = "data/{game}"
-    """Dataset directory, {game} replaced by the game; recorded (100K frames) if missing."""
+    """Game to tune (its shipped teacher and data/<game>-tuning unless given)."""
+    data: str = "data/{game}-tuning"
+    """Dataset directory, {game} replaced by the game; recorded with ``recording_seed`` if
+    missing. Not the grid's recording (data/<game>): the frames hyperparameters are chosen on
+    must not be frames the grid tests on, and ``reproduce`` refuses a recording its entry was
+    tuned on."""
+    recording_seed: int = 1
+    """Seed of the recording made when ``data`` holds none: another than collect's default (0),
+    which records the grid's data/<game>, so that the two recordings differ."""
+    recording_frames: int = 100_000
+    """Agent steps of that recording (the paper's 100K)."""
     teacher: str = ""
     """Teacher name or path (default: the game's shipped teacher)."""
     fractions: str = "0.05,0.8"
@@ -133,6 +153,8 @@ class TuneConfig(TrainingSchedule):
                 within(self, "plateau_tolerance", 0, 1, open_high=True),
                 at_least(self, "steps", 1),
                 at_least(self, "seed", 0),
+                within(self, "recording_seed", 0, MAX_ENV_SEED),
+                at_least(self, "recording_frames", 1),
                 one_of(self, "precision", PRECISION_CHOICES),
                 ("budget_steps", f"must be >= steps ({self.steps}), got {self.budget_steps}")
                 if self.budget_steps < self.steps
@@ -533,6 +555,7 @@ def tune(cfg: TuneConfig) -> dict[str, Any]:
     runner = Runner(cfg, run=not cfg.report_only)
     if not cfg.report_only:
         _check_output(cfg)
+        _record_if_missing(cfg)
         for fraction in cfg.fraction_list():
             choose(cfg, fraction, runner.lookup_at(fraction))
     reader = Runner(cfg, run=False)
@@ -572,6 +595,20 @@ def tune(cfg: TuneConfig) -> dict[str, Any]:
         "hparams_written": wrote_hparams,
         "entry": entry,
     }
+
+
+def _record_if_missing(cfg: TuneConfig) -> None:
+    """Record the search's own recording, seeded ``recording_seed``, before its first run (a
+    distill run would record one seeded 0: the grid's)."""
+    from agents.loading import load_teacher
+    from policy_distill.collect import CollectConfig, collect
+
+    data = cfg.path(cfg.data)
+    if recorded_content_sha256(data) is not None:
+        return
+    teacher = load_teacher(cfg.teacher or cfg.game, game=cfg.game)
+    print(f"no recording in {data}: recording {cfg.recording_frames:,} frames, seed {cfg.recording_seed}")
+    collect(teacher, CollectConfig(frames=cfg.recording_frames, seed=cfg.recording_seed), data)
 
 
 def _check_output(cfg: TuneConfig) -> None:
@@ -648,7 +685,12 @@ def hparams_entry(
         f"continued to {cfg.budget_steps} ({'; '.join(converged)}). Runs and walk: "
         f"{cfg.path(cfg.out)}."
     )
-    return {**base, "chosen_by": chosen_by, **({"overrides": overrides} if overrides else {})}
+    return {
+        **base,
+        "chosen_by": chosen_by,
+        **({"tuning_recording_sha256": recording} if recording else {}),
+        **({"overrides": overrides} if overrides else {}),
+    }
 
 
 def _write_entry(path: Path, game: str, entry: dict[str, Any]) -> None:
@@ -694,6 +736,8 @@ def render_page(
         key=lambda r: (r["train_fraction"], r["finished_at"]),
     )
     data_flag = "" if cfg.data == TuneConfig.data else f" --data {cfg.data}"
+    if cfg.recording_seed != TuneConfig.recording_seed:
+        data_flag += f" --recording-seed {cfg.recording_seed}"
     recordings = sorted({str(r.get("dataset_sha256")) for r in rows})
     lines = [
         f"# {cfg.game}: hyperparameters chosen on validation splits",
