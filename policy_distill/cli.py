@@ -171,11 +171,12 @@ def cmd_evaluate_teacher(cfg: EvaluateTeacherConfig) -> dict[str, Any]:
 def cmd_collect(target: CollectTarget, cfg: Any, progress: Progress) -> dict[str, Any]:
     from agents.loading import load_teacher
     from policy_distill.collect import collect
+    from policy_distill.dataset import default_data_dir
     from policy_distill.settings import game_info
 
     game = game_info(target.game).name
     teacher = load_teacher(target.teacher or game, game=game)
-    out = target.out or f"data/{game}"
+    out = target.out or default_data_dir(game)
     meta = collect(teacher, cfg, out, overwrite=target.overwrite, progress=not progress.no_progress)
     keys = ("game", "frames", "episodes", "complete_episodes", "collection_fps", "teacher_score_mean")
     return {"dataset": str(out), **{k: meta[k] for k in keys}}

@@ -170,6 +170,12 @@ class Dataset:
         return int(self.episode_starts[boundary]) if boundary < len(self.episode_starts) else len(self)
 
 
+def default_data_dir(game: str) -> Path:
+    """Where a game's recording lives unless told otherwise: ``data/<game>`` (what ``collect``
+    writes and ``distill`` reads by default; the grid's recording)."""
+    return Path("data") / game
+
+
 def recollect_hint(path: Path, game: Any = None) -> str:
     """The command that records a dataset at ``path`` again (named in full: not every command
     that reads a dataset takes ``--overwrite``)."""

@@ -48,7 +48,14 @@ from policy_distill.checkpoint import (
     safe_torch_load,
 )
 from policy_distill.collect import CollectConfig, collect
-from policy_distill.dataset import VALIDATION_BOUNDARIES, Dataset, FrameStore, load_dataset, recollect_hint
+from policy_distill.dataset import (
+    VALIDATION_BOUNDARIES,
+    Dataset,
+    FrameStore,
+    default_data_dir,
+    load_dataset,
+    recollect_hint,
+)
 from policy_distill.devices import (
     autocast,
     cpu_capability,
@@ -239,6 +246,11 @@ class DistillConfig(TrainingSchedule):
         return "sobolev" if self.alpha > 0 else "kl"
 
     @property
+    def data_dir(self) -> Path:
+        """The dataset directory: ``data``, or data/<game> when it is empty."""
+        return Path(self.data) if self.data else default_data_dir(self.game)
+
+    @property
     def run_dir(self) -> Path:
         val = f"-val{self.validation_fraction:g}" if self.validation_fraction else ""
         val += "prev" if val and self.validation_boundary == "previous" else ""
@@ -296,7 +308,7 @@ def centring_frames(store: FrameStore, train_indices: Tensor, seed: int, count: 
 
 def _prepare_data(cfg: DistillConfig, teacher: TeacherPolicy) -> Dataset:
     """Open the dataset, recording it first when it is missing, and check it fits the teacher."""
-    data_dir = Path(cfg.data or f"data/{cfg.game}")
+    data_dir = cfg.data_dir
     if not (data_dir / "meta.json").exists() and data_dir.is_dir() and any(data_dir.iterdir()):
         raise UserError(
             f"{data_dir} holds files but no dataset (meta.json missing); pass another `data` directory, "
@@ -613,7 +625,7 @@ def _distill_distributed(cfg: DistillConfig, world: World, *, progress: bool) ->
                 run_dir = check_writable_directory(cfg.run_dir, what="run directory", fix=fix)
                 lock = DirectoryLock(run_dir / ".lock", what=f"run directory {str(run_dir)!r}", fix=fix)
                 remove_stale_temporaries(run_dir, also_own_pid_less=True)
-                if not (Path(cfg.data or f"data/{cfg.game}") / "meta.json").exists():
+                if not (cfg.data_dir / "meta.json").exists():
                     _prepare_data(cfg, load_teacher(cfg.teacher or cfg.game, game=cfg.game, device=device))
             except UserError as e:
                 problem = str(e)

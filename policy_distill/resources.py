@@ -1,7 +1,7 @@
 """Memory a distillation run needs, estimated before any work, against what the machine has.
 
 ``cfg`` is a :class:`policy_distill.distill.DistillConfig` (read by field name: ``batch_size``,
-``num_projections``, ``alpha``, ``fidelity_frames``, ``data``, ``game``, ``frames``).
+``num_projections``, ``alpha``, ``fidelity_frames``, ``data_dir``, ``frames``).
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ def check_memory(cfg: Any, device: torch.device) -> None:
     Raises:
         UserError: naming the field whose part is largest, the estimate and what is available.
     """
-    data = Path(cfg.data or f"data/{cfg.game}")
+    data = cfg.data_dir
     frames = cfg.frames
     if (data / "meta.json").is_file():  # else distill records cfg.frames first
         try:

@@ -42,7 +42,7 @@ READERS: dict[str, Callable[[Path], object]] = {
     "read_meta": read_meta,
     "recorded_content_sha256": recorded_content_sha256,
     "collect's reuse check": lambda d: existing_dataset_matches(d, {"game": "pong"}),
-    "check_memory": lambda d: check_memory(SimpleNamespace(data=str(d), game="pong", frames=400), None),
+    "check_memory": lambda d: check_memory(SimpleNamespace(data_dir=Path(d), frames=400), None),
     "sweep's provenance check": lambda d: sweep._check_provenance(
         SimpleNamespace(data=str(d), results="results.jsonl"), "pong", None, []
     ),
