@@ -12,8 +12,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from agents.teacher_file import read_teacher
+from agents.teacher_file import history_problem, read_teacher
 from policy_distill.checkpoint import atomic_write_bytes, sha256_file
+from policy_distill.errors import UserError
 from policy_distill.evaluation import Scores
 
 NOTES_HEADING = "## Notes"
@@ -72,6 +73,20 @@ def plot_learning_curve(curve: list[list[float]], game: str, path: Path) -> Path
     return path
 
 
+def _training_problem(training: dict[str, Any]) -> str | None:
+    """What in a teacher's ``training`` record the card cannot be written from, or None."""
+    hp = training.get("hyperparameters", {})
+    if not isinstance(hp, dict):
+        return "malformed hyperparameters"
+    numbers = {k: training.get(k, 0) for k in ("agent_steps", "emulator_frames", "wall_time_s")}
+    if hp.get("total_steps") is not None:
+        numbers["total_steps"] = hp["total_steps"]
+    for key, value in numbers.items():
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            return f"a malformed {key} ({value!r})"
+    return history_problem(training.get("segments"), training.get("curve", []))
+
+
 def write_model_card(
     teacher_path: str | Path,
     scores: Scores,
@@ -93,6 +108,12 @@ def write_model_card(
     teacher_path = Path(teacher_path)
     teacher = read_teacher(teacher_path)
     record, training, game = teacher.record, teacher.training, teacher.settings.game
+    problem = _training_problem(training)
+    if problem is not None:
+        raise UserError(
+            f"teacher checkpoint {str(teacher_path)!r} records {problem} in its training record; "
+            "re-export it from its run (`export-teacher`)"
+        )
     hp = training.get("hyperparameters", {})
     steps, frames = training.get("agent_steps", 0), training.get("emulator_frames", 0)
     total = hp.get("total_steps")
@@ -165,7 +186,7 @@ def write_model_card(
         f"- wall time: {training.get('wall_time_s', 0) / 60:.0f} minutes in all, by sitting (each on one "
         "core beside other work, so more than the machine needs alone):",
         "",
-        *_segments_table(training.get("segments", [])),
+        *_segments_table(training.get("segments") or []),
         "",
         f"- weights stored as {dtype}; SHA-256 `{sha256_file(teacher_path)}`",
     ]
@@ -180,7 +201,7 @@ def write_model_card(
         "Hyperparameters:",
         "",
         "```json",
-        json.dumps(hp, indent=2, sort_keys=True),
+        json.dumps(hp, indent=2, sort_keys=True, default=str),
         "```",
         "",
         "## Settings record (environment)",

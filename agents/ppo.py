@@ -31,7 +31,13 @@ from torch import Tensor, nn
 from torch.utils.tensorboard import SummaryWriter
 
 from agents.networks import TeacherNet
-from agents.teacher_file import TeacherFile, read_teacher, teacher_record
+from agents.teacher_file import (
+    TeacherFile,
+    history_problem,
+    read_teacher,
+    teacher_from_record,
+    teacher_record,
+)
 from policy_distill.checkpoint import (
     atomic_torch_save,
     hardware_description,
@@ -533,33 +539,10 @@ def _segments_of(
     ]
 
 
-def _history_problem(segments: Any, curve: Any) -> str | None:
-    """What is wrong with a stored record of machines (``segments``, None when not recorded) and
-    learning curve, or None when both are well formed."""
-
-    def number(x: Any) -> bool:
-        return isinstance(x, (int, float)) and not isinstance(x, bool)
-
-    if segments is not None and not (
-        isinstance(segments, list)
-        and all(
-            isinstance(seg, dict) and all(number(seg.get(k)) for k in ("from_step", "to_step", "wall_time_s"))
-            for seg in segments
-        )
-    ):
-        return "a malformed record of machines (segments)"
-    if not (
-        isinstance(curve, list)
-        and all(isinstance(p, (list, tuple)) and len(p) == 3 and all(map(number, p)) for p in curve)
-    ):
-        return "a malformed learning curve"
-    return None
-
-
 def _history_of_teacher(teacher: TeacherFile) -> tuple[int, list[dict[str, Any]], list[list[float]]]:
     """The step count, record of machines and learning curve a run continued from ``teacher`` carries."""
     training = teacher.training
-    problem = _history_problem(training.get("segments"), training.get("curve", []))
+    problem = history_problem(training.get("segments"), training.get("curve", []))
     try:
         global_step = int(training.get("agent_steps", 0))
         wall_time_s = float(training.get("wall_time_s", 0.0))
@@ -635,7 +618,7 @@ def read_trainer_state(path: str | Path) -> TrainerState:
     for key, value in counters.items():
         if not isinstance(value, (float, int) if key == "wall_time_s" else int) or isinstance(value, bool):
             raise bad(f"records no valid {key} ({value!r})")
-    problem = _history_problem(state.get("segments"), state.get("curve", []))
+    problem = history_problem(state.get("segments"), state.get("curve", []))
     if problem is not None:
         raise bad(f"records {problem}")
     return TrainerState(
@@ -726,5 +709,14 @@ def export_teacher(
         training["stopped_early"] = True
     training["weights_dtype"] = "float16" if half else "float32"
     out_path = Path(out_path)
-    atomic_torch_save(teacher_record(model, settings, training), out_path)
+    record = teacher_record(model, settings, training)
+    try:  # the reader's own checks, before a good teacher at out_path is replaced
+        teacher_from_record(record, out_path)
+    except UserError as e:
+        problem = str(e).split("; ")[0].removeprefix(f"teacher checkpoint {str(out_path)!r} ")
+        raise UserError(
+            f"trainer state {str(state_path)!r} makes no readable teacher ({problem}), so "
+            f"{str(out_path)!r} was not written; {_STATE_FIX}"
+        ) from None
+    atomic_torch_save(record, out_path)
     return out_path

@@ -98,7 +98,7 @@ def teacher_from_record(record: Any, path: str | Path) -> TeacherFile:
         raise corrupted("lacks its settings record")
     try:
         settings = EnvSettings.from_dict(record["settings"])
-    except (UserError, TypeError) as e:
+    except (UserError, TypeError, AttributeError, ValueError) as e:
         detail = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise corrupted(f"has a bad settings record ({detail})") from None
     weights = record.get("state_dict")
@@ -117,7 +117,10 @@ def teacher_from_record(record: Any, path: str | Path) -> TeacherFile:
             f"teacher {str(path)!r} has {head.shape[0]} actions but "
             f"{settings.game} has {settings.num_actions}; the checkpoint is corrupted: {_FIX}"
         )
-    net = TeacherNet(num_actions, in_frames=settings.stack)
+    try:
+        net = TeacherNet(num_actions, in_frames=settings.stack)
+    except (RuntimeError, TypeError, ValueError):
+        raise corrupted(f"has a bad settings record (stack {settings.stack!r})") from None
     try:
         net.load_state_dict(state)
     except RuntimeError as e:
@@ -125,6 +128,29 @@ def teacher_from_record(record: Any, path: str | Path) -> TeacherFile:
             f"{label} does not fit the teacher network ({str(e).splitlines()[0]}); {_FIX}"
         ) from None
     return TeacherFile(path=path, record=record, settings=settings, state_dict=state, net=net)
+
+
+def history_problem(segments: Any, curve: Any) -> str | None:
+    """What is wrong with a stored record of machines (``segments``, None when not recorded) and
+    learning curve, or None when both are well formed."""
+
+    def number(x: Any) -> bool:
+        return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+    if segments is not None and not (
+        isinstance(segments, list)
+        and all(
+            isinstance(seg, dict) and all(number(seg.get(k)) for k in ("from_step", "to_step", "wall_time_s"))
+            for seg in segments
+        )
+    ):
+        return "a malformed record of machines (segments)"
+    if not (
+        isinstance(curve, list)
+        and all(isinstance(p, (list, tuple)) and len(p) == 3 and all(map(number, p)) for p in curve)
+    ):
+        return "a malformed learning curve"
+    return None
 
 
 def read_teacher(path: str | Path) -> TeacherFile:
@@ -138,4 +164,11 @@ def read_teacher(path: str | Path) -> TeacherFile:
     return teacher_from_record(safe_torch_load(path, what="teacher checkpoint"), path)
 
 
-__all__ = ["TEACHER_FORMAT", "TeacherFile", "read_teacher", "teacher_from_record", "teacher_record"]
+__all__ = [
+    "TEACHER_FORMAT",
+    "TeacherFile",
+    "history_problem",
+    "read_teacher",
+    "teacher_from_record",
+    "teacher_record",
+]

@@ -177,9 +177,14 @@ def collect(
         return _reuse(out_dir)
     absent = not out_dir.exists()
     with _Destination(out_dir, cfg):
-        # The clean-up of a killed write may have put its finished recording in place.
-        if not overwrite and absent and existing_dataset_matches(out_dir, expected):
-            return _reuse(out_dir)
+        # The clean-up of a killed write may have put its finished recording in place: reused if
+        # it is the one asked for, else recorded over, as the user asked for a place that was empty.
+        if not overwrite and absent and out_dir.exists():
+            try:
+                if existing_dataset_matches(out_dir, expected):
+                    return _reuse(out_dir)
+            except UserError as e:
+                print(f"not reusing the restored {out_dir}: {e}; recording over it")
         return _record(teacher, cfg, out_dir, expected, progress=progress)
 
 

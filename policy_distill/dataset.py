@@ -294,7 +294,7 @@ def read_meta(path: str | Path) -> dict[str, Any]:
         raise UserError(f"{meta_path} lacks or mangles {', '.join(wrong)}; {fix}")
     try:
         settings = EnvSettings.from_dict(meta["settings"])
-    except (UserError, TypeError, ValueError) as e:
+    except (UserError, TypeError, ValueError, AttributeError) as e:
         raise UserError(f"{meta_path} has an unusable settings record ({e}); {fix}") from None
     if settings.game != meta["game"] or settings.num_actions != meta["num_actions"]:
         raise UserError(
@@ -482,7 +482,7 @@ def _is_complete_dataset(path: Path) -> bool:
         return False
     try:
         read_meta(path)
-    except UserError:
+    except Exception:  # whatever a damaged leftover raises, the clean-up goes on without it
         return False
     return True
 

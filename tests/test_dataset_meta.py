@@ -3,6 +3,7 @@ reader), and the clean-up after a write killed while it replaced a dataset."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -133,3 +134,26 @@ def test_collect_reuses_the_recording_a_killed_write_had_finished(tiny, tmp_path
     assert "reusing the complete dataset" in capsys.readouterr().out
     assert (out / "which").read_text() == "new"
     assert meta["content_sha256"] == recorded_content_sha256(tiny / "data")
+
+
+def test_collect_records_over_a_restored_recording_made_with_other_arguments(tiny, tmp_path, capsys) -> None:
+    out = tmp_path / "pong"
+    _killed_write(tiny, out)  # recorded with frames=400
+    meta = collect(
+        load_teacher(tiny / "teacher.pt"), CollectConfig(frames=200, num_envs=4), out, progress=False
+    )
+    printed = capsys.readouterr().out
+    assert "not reusing the restored" in printed and "other arguments" in printed
+    assert meta["frames"] == 200 and read_meta(out)["frames"] == 200
+    assert not (out / "which").exists()
+
+
+def test_a_damaged_leftover_does_not_stop_the_clean_up(tiny, tmp_path) -> None:
+    out = tmp_path / "pong"
+    new, old = _killed_write(tiny, out)
+    meta = json.loads((new / "meta.json").read_text())
+    (new / "meta.json").write_text(json.dumps({**meta, "settings": {"game": 7}}))  # not a game name
+    with pytest.raises(UserError, match="unusable settings record"):
+        read_meta(new)  # one line, not an AttributeError
+    assert remove_stale_dataset_temporaries(out) == [new]
+    assert (out / "which").read_text() == "old"

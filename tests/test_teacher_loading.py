@@ -110,6 +110,10 @@ SPOILED_TEACHERS = {
     "no settings": (lambda r: r.pop("settings"), "lacks its settings record"),
     "settings not a dict": (lambda r: r.update(settings=[1, 2]), "lacks its settings record"),
     "foreign settings field": (lambda r: r["settings"].update(colour=1), "has a bad settings record"),
+    "game not a name": (lambda r: r["settings"].update(game=7), "has a bad settings record"),
+    "stack a string": (lambda r: r["settings"].update(stack="4"), "has a bad settings record"),
+    "stack a float": (lambda r: r["settings"].update(stack=4.0), "has a bad settings record"),
+    "negative stack": (lambda r: r["settings"].update(stack=-1), "has a bad settings record"),
     "no state_dict": (lambda r: r.pop("state_dict"), "lacks its weights"),
     "weights not tensors": (lambda r: r["state_dict"].update({"conv.0.weight": 1.0}), "lacks its weights"),
     "no num_actions": (lambda r: r.pop("num_actions"), "records no number of actions"),
@@ -148,6 +152,30 @@ def test_the_model_card_reads_the_teacher_through_the_same_checks(make_teacher_f
     with pytest.raises(UserError) as err:
         write_model_card(path, Scores("pong", [1.0], [10]), seed=0, command="c")
     assert "has no policy_head.weight" in _one_line(err)
+    assert not path.with_suffix(".md").exists()
+
+
+@pytest.mark.parametrize(
+    ("training", "expected"),
+    [
+        ({"hyperparameters": [1, 2]}, "records malformed hyperparameters"),
+        ({"hyperparameters": {"total_steps": "10M"}}, "records a malformed total_steps"),
+        ({"agent_steps": "many"}, "records a malformed agent_steps"),
+        ({"segments": [{"to_step": 32, "wall_time_s": 1.0}]}, "records a malformed record of machines"),
+        ({"curve": [[50_000, 1.0]]}, "records a malformed learning curve"),
+    ],
+    ids=["hyperparameters a list", "total_steps a string", "steps a string", "no from_step", "short point"],
+)
+def test_the_model_card_refuses_a_malformed_training_record(make_teacher_file, training, expected) -> None:
+    from agents.model_card import write_model_card
+    from policy_distill.evaluation import Scores
+
+    path = make_teacher_file()
+    spoil_teacher(path, lambda r: r.update(training=training))
+    with pytest.raises(UserError) as err:
+        write_model_card(path, Scores("pong", [1.0], [10]), seed=0, command="c")
+    message = _one_line(err)
+    assert expected in message and str(path) in message, message
     assert not path.with_suffix(".md").exists()
 
 

@@ -210,6 +210,14 @@ def test_tune_runs_the_walk_once_and_writes_its_page_and_entry(
     assert again["entry"] == first["entry"]
     assert "done: final validation KL" in capsys.readouterr().out
 
+    # An entry names the one recording it was tuned on: a table of two recordings is refused.
+    append_row(tmp_path / "pong.jsonl", {**rows[0], "dataset_sha256": "f" * 64})
+    from_rows = tiny_tune_config(
+        tmp_path, data=str(tmp_path / "absent"), report_only=True, write_hparams=True
+    )
+    with pytest.raises(UserError, match="runs name 2 recordings, not one"):
+        tune(from_rows)
+
 
 def test_a_diverged_run_is_recorded_and_the_walk_goes_on(tiny_tune_config, tmp_path, monkeypatch) -> None:
     import policy_distill.distill as distill_module

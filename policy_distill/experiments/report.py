@@ -606,8 +606,8 @@ def _setup(summary: Summary) -> list[str]:
     lines += [
         "",
         f"In all: {len(summary.students)} student runs, {total / 3600:.1f} process-hours of wall time "
-        "(one process per run; a resumed run counts from the step it resumed at; teacher scoring and "
-        "recording not included).",
+        "(one process per run; unlike the table, resumed runs are counted, from the step each resumed "
+        "at; teacher scoring and recording not included).",
     ]
     return lines
 

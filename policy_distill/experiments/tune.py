@@ -566,11 +566,9 @@ def tune(cfg: TuneConfig) -> dict[str, Any]:
         except NotRun:
             choices[fraction] = None
     recordings = {r.get("dataset_sha256") for r in reader.rows.values()}
+    recording = next(iter(recordings)) if len(recordings) == 1 else None
     entry = hparams_entry(
-        cfg,
-        {f: c for f, c in choices.items() if c is not None},
-        reader.precision,
-        recording=recordings.pop() if len(recordings) == 1 else None,
+        cfg, {f: c for f, c in choices.items() if c is not None}, reader.precision, recording=recording
     )
     page = render_page(cfg, reader, choices, entry)
     out = cfg.path(cfg.out)
@@ -583,6 +581,11 @@ def tune(cfg: TuneConfig) -> dict[str, Any]:
             raise UserError(
                 f"the search of {cfg.game} is not finished at fraction(s) {', '.join(unfinished)}; run "
                 "tune for them (without report_only) before write_hparams"
+            )
+        if not recording:  # the grid's guard against its own recording needs the one searched on
+            raise UserError(
+                f"{runner.results}'s {cfg.game} runs name {len(recordings)} recordings, not one; an entry "
+                "must name the recording it was tuned on: keep one recording's rows in `results`"
             )
         _write_entry(Path(cfg.hparams), cfg.game, entry)
         wrote_hparams = True
