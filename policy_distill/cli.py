@@ -326,15 +326,32 @@ def _regression_configs() -> tuple[type, ...]:
 
 
 def cmd_export_student(cfg: Any) -> dict[str, Any]:
-    from policy_distill.export import cmd_export_student as run
+    """Export, check, and say what was written."""
+    from policy_distill.export import export_student
 
-    return run(cfg)
+    result = export_student(cfg.checkpoint, cfg.format, cfg.out or None)
+    if "skipped" in result.check:
+        checked = f"not checked: {result.check['skipped']}"
+    else:
+        checked = (
+            f"checked in {result.check['runtime']}: log-probabilities within "
+            f"{result.check['max_abs_diff']:.1e} of the checkpoint's"
+        )
+    print(f"wrote {result.model} ({result.bytes / 1e6:.2f} MB, {result.fmt}; {checked}) and {result.sidecar}")
+    return {
+        "model": str(result.model),
+        "sidecar": str(result.sidecar),
+        "format": result.fmt,
+        "bytes": result.bytes,
+        "check": result.check,
+    }
 
 
 def cmd_regression_benchmark(cfg: Any, output: Any) -> dict[str, Any]:
-    from policy_distill.experiments.regression.benchmark import cmd_regression_benchmark as run
+    """The sweep of the regression benchmark, written to ``output.out``."""
+    from policy_distill.experiments.regression.benchmark import run_benchmark
 
-    return run(cfg, output)
+    return run_benchmark(cfg, output.out)
 
 
 COMMANDS = (

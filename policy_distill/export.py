@@ -332,23 +332,3 @@ class ExportStudentConfig:
 
     def __post_init__(self) -> None:
         check_fields("export settings", [one_of(self, "format", EXPORT_FORMATS)])
-
-
-def cmd_export_student(cfg: ExportStudentConfig) -> dict[str, Any]:
-    """The ``export-student`` command: export, check, and say what was written."""
-    result = export_student(cfg.checkpoint, cfg.format, cfg.out or None)
-    if "skipped" in result.check:
-        checked = f"not checked: {result.check['skipped']}"
-    else:
-        checked = (
-            f"checked in {result.check['runtime']}: log-probabilities within "
-            f"{result.check['max_abs_diff']:.1e} of the checkpoint's"
-        )
-    print(f"wrote {result.model} ({result.bytes / 1e6:.2f} MB, {result.fmt}; {checked}) and {result.sidecar}")
-    return {
-        "model": str(result.model),
-        "sidecar": str(result.sidecar),
-        "format": result.fmt,
-        "bytes": result.bytes,
-        "check": result.check,
-    }

@@ -136,8 +136,3 @@ class RegressionOutput:
 
     out: str = "docs/regression"
     """Folder for results.json, table.md and figure2_right.png."""
-
-
-def cmd_regression_benchmark(cfg: RegressionConfig, output: RegressionOutput) -> dict[str, Any]:
-    """The ``regression-benchmark`` command: the sweep, written to ``output.out``."""
-    return run_benchmark(cfg, output.out)
