@@ -630,3 +630,16 @@ def test_a_student_field_makes_both_methods_other_cells(
     write_hparams(tmp_path / "bad.json", pong={**entry, field: bad})
     with pytest.raises(UserError, match=message):
         load_hparams(tmp_path / "bad.json")
+
+
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [
+        ({"metrics": "median"}, "metrics must be one of final, best, got 'median'"),
+        ({"fractions": "0.5,2"}, "fraction"),
+        ({"seeds": "a"}, "seed"),
+    ],
+)
+def test_bad_report_settings_are_refused_before_anything_is_read(changes: dict, expected: str) -> None:
+    with pytest.raises(UserError, match=expected):
+        ReportConfig(results="nowhere.jsonl", **changes)

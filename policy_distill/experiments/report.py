@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from policy_distill.errors import UserError
+from policy_distill.errors import UserError, check_fields, one_of
 from policy_distill.experiments.sweep import (
     DEFAULT_FRACTIONS,
     DEFAULT_HPARAMS,
@@ -143,6 +143,11 @@ class ReportConfig:
     preface: str = ""
     """Hand-written markdown placed under the title (default: ``<out>/preface.md`` when it
     exists): what a reader must know first, e.g. that a page was made with an earlier teacher."""
+
+    def __post_init__(self) -> None:
+        check_fields("report settings", [one_of(self, "metrics", ("final", "best"))])
+        parse_fractions(self.fractions)
+        parse_seeds(self.seeds)
 
     def discussion_path(self) -> Path:
         return Path(self.discussion) if self.discussion else Path(self.out) / "discussion.md"
@@ -770,8 +775,6 @@ def make_report(cfg: ReportConfig) -> dict[str, Any]:
     """Write README.md, figure4.png and gradient_fidelity.png into ``cfg.out``."""
     from policy_distill.checkpoint import atomic_write_bytes
 
-    if cfg.metrics not in ("final", "best"):
-        raise UserError(f"`metrics` {cfg.metrics!r}: use final or best")
     fractions, seeds = parse_fractions(cfg.fractions), parse_seeds(cfg.seeds)
     paths = [p.strip() for p in cfg.results.split(",") if p.strip()]
     missing = [p for p in paths if not Path(p).is_file()]
