@@ -220,3 +220,24 @@ def write_model_card(
             notes = old[old.index(NOTES_HEADING) :]
     atomic_write_bytes(card, ("\n".join(lines) + notes).encode())
     return card
+
+
+def evaluate_and_card(teacher_path: str | Path, episodes: int, seed: int) -> tuple[Path, Scores, Scores]:
+    """Play ``episodes`` games with the teacher at ``teacher_path``, sampled and greedy, from
+    ``seed``, and write its card from those scores (what ``export-teacher --card-episodes`` does).
+
+    Returns:
+        The card's path, the sampled scores and the greedy scores.
+    """
+    from agents.loading import load_teacher
+    from policy_distill.evaluation import evaluate_policy
+
+    teacher = load_teacher(teacher_path)
+    scores = evaluate_policy(teacher, teacher.settings, episodes, seed=seed)
+    greedy = evaluate_policy(teacher, teacher.settings, episodes, seed=seed, greedy=True)
+    command = (
+        f"python -m policy_distill evaluate-teacher --teacher {teacher_path} "
+        f"--episodes {episodes} --seed {seed}"
+    )
+    card = write_model_card(teacher_path, scores, seed=seed, command=command, greedy=greedy)
+    return card, scores, greedy

@@ -138,18 +138,9 @@ def cmd_export_teacher(cfg: Any) -> dict[str, Any]:
     print(f"wrote {path}")
     result: dict[str, Any] = {"teacher": str(path)}
     if cfg.card_episodes:
-        from agents.loading import load_teacher
-        from agents.model_card import write_model_card
-        from policy_distill.evaluation import evaluate_policy
+        from agents.model_card import evaluate_and_card
 
-        teacher = load_teacher(path)
-        scores = evaluate_policy(teacher, teacher.settings, cfg.card_episodes, seed=cfg.seed)
-        greedy = evaluate_policy(teacher, teacher.settings, cfg.card_episodes, seed=cfg.seed, greedy=True)
-        command = (
-            f"python -m policy_distill evaluate-teacher --teacher {path} "
-            f"--episodes {cfg.card_episodes} --seed {cfg.seed}"
-        )
-        card = write_model_card(path, scores, seed=cfg.seed, command=command, greedy=greedy)
+        card, scores, greedy = evaluate_and_card(path, cfg.card_episodes, cfg.seed)
         print(f"wrote {card}: {scores.mean:.2f} +- {scores.std:.2f} over {cfg.card_episodes} games")
         result.update(card=str(card), **scores.summary(), greedy_mean=greedy.mean)
     return result

@@ -246,3 +246,16 @@ def test_a_trainer_state_from_before_a_machine_setting_existed_still_resumes(tmp
     saved = read_trainer_state(run / "trainer_state.pt")
     assert (saved.config.precision, saved.config.channels_last) == ("auto", True)
     assert (saved.global_step, saved.update) == (32, 1)
+
+
+def test_export_teacher_card_plays_the_exported_file_sampled_and_greedy(tmp_path) -> None:
+    """``export-teacher --card-episodes N``: the card's scores are games of exactly that file."""
+    from agents.model_card import evaluate_and_card
+
+    train_ppo(tiny_config(total_steps=32, precision="fp32"), tmp_path / "run")
+    shipped = export_teacher(tmp_path / "run", tmp_path / "pong.pt")
+    card, scores, greedy = evaluate_and_card(shipped, episodes=2, seed=3)
+    assert card == tmp_path / "pong.md" and len(scores.scores) == len(greedy.scores) == 2
+    text = card.read_text()
+    assert f"--teacher {shipped} --episodes 2 --seed 3" in text
+    assert f"{scores.mean:.2f}" in text and f"{greedy.mean:.2f}" in text
