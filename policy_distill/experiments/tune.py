@@ -738,7 +738,7 @@ def render_page(
         (r for r in reader.rows.values() if r["game"] == cfg.game),
         key=lambda r: (r["train_fraction"], r["finished_at"]),
     )
-    data_flag = "" if cfg.data == TuneConfig.data else f" --data {cfg.data}"
+    data_flag = "" if cfg.path(cfg.data) == cfg.path(TuneConfig.data) else f" --data {cfg.data}"
     if cfg.recording_seed != TuneConfig.recording_seed:
         data_flag += f" --recording-seed {cfg.recording_seed}"
     recordings = sorted({str(r.get("dataset_sha256")) for r in rows})
