@@ -397,7 +397,10 @@ def synthetic_rows(sobolev_shift: float) -> list[dict]:
                     }
                 )
     rows.append(dict(rows[0], learning_rate=1e-4))  # another hyperparameter set: left out
-    breakout = dict(rows[0], game="breakout", learning_rate=1e-3, steps=100, final_action_error=0.7)
+    breakout = dict(
+        rows[0], game="breakout", learning_rate=1e-3, steps=100, final_action_error=0.7,
+        score_mean=250.0, score_std=10.0, score_episodes=20,
+    )  # fmt: skip
     rows += [breakout, dict(breakout, method="sobolev", alpha=2.0, final_action_error=0.6)]
     rows.append(
         {"game": "pong", "method": "teacher", "teacher_sha256": "a" * 64, "score_mean": 9.5, "score_std": 6.9,
@@ -460,6 +463,7 @@ def test_report_writes_page_and_figures_with_intervals(write_hparams, tmp_path) 
     assert "| CPU only, 2 cores (test) | pong | Sobolev | 6 | 2.0 min |" in page
     assert "9.5 ± 6.9 std (20 games)" in page  # the teacher's score
     assert "6 ± 2.5 (3 seeds x 10 games)" in page  # students' scores 5, 6, 7 over seeds
+    assert "| breakout | 0.1 | 250 (1 seed x 20 games) | 250 (1 seed x 20 games) | waiting |" in page
     assert "python -m policy_distill reproduce --games pong --fractions 0.1,0.5,0.8" in page
     # Verdicts per fraction: at 0.5 every seed of Sobolev is 0.2 lower (intervals apart), at 0.1
     # the spread of the seeds makes the intervals overlap; breakout has a single seed.

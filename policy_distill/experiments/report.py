@@ -487,7 +487,11 @@ def _scores_table(summary: Summary) -> list[str]:
             episodes = sorted(
                 {r["score_episodes"] for r in summary.runs(game, method, fraction) if "score_mean" in r}
             )
-            cells.append(f"{fmt(iv, 3)} ({iv.n} seeds x {'/'.join(map(str, episodes))} games)")
+            games = f"{'/'.join(map(str, episodes))} games"
+            if iv.half_width is None:  # fmt would add "(1 seed)" itself
+                cells.append(f"{iv.mean:.3g} (1 seed x {games})")
+            else:
+                cells.append(f"{fmt(iv, 3)} ({iv.n} seeds x {games})")
         teacher_cell = "waiting"
         if teacher:
             mean, std, episodes = (teacher[k] for k in ("score_mean", "score_std", "score_episodes"))
