@@ -32,6 +32,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 from agents.networks import TeacherNet
 from agents.teacher_file import (
+    CorruptTeacher,
     TeacherFile,
     history_problem,
     read_teacher,
@@ -712,10 +713,9 @@ def export_teacher(
     record = teacher_record(model, settings, training)
     try:  # the reader's own checks, before a good teacher at out_path is replaced
         teacher_from_record(record, out_path)
-    except UserError as e:
-        problem = str(e).split("; ")[0].removeprefix(f"teacher checkpoint {str(out_path)!r} ")
+    except CorruptTeacher as e:
         raise UserError(
-            f"trainer state {str(state_path)!r} makes no readable teacher ({problem}), so "
+            f"trainer state {str(state_path)!r} makes no readable teacher ({e.problem}), so "
             f"{str(out_path)!r} was not written; {_STATE_FIX}"
         ) from None
     atomic_torch_save(record, out_path)

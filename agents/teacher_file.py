@@ -84,6 +84,15 @@ class TeacherFile:
         return name if isinstance(name, str) else DEFAULT_ARCHITECTURE
 
 
+class CorruptTeacher(UserError):
+    """A teacher record that fails :func:`teacher_from_record`'s checks; ``problem`` is what is
+    wrong, without the file's name or the fix (for a caller that words its own message)."""
+
+    def __init__(self, message: str, problem: str) -> None:
+        super().__init__(message)
+        self.problem = problem
+
+
 def teacher_from_record(record: Any, path: str | Path) -> TeacherFile:
     """Check a loaded teacher record (see :func:`read_teacher`), for a caller that has loaded the
     file already (``load_teacher`` first looks whether it is a CleanRL state dict)."""
@@ -91,8 +100,8 @@ def teacher_from_record(record: Any, path: str | Path) -> TeacherFile:
     label = f"teacher checkpoint {str(path)!r}"
     record = require_format(record, TEACHER_FORMAT, path, what="teacher checkpoint")
 
-    def corrupted(problem: str) -> UserError:
-        return UserError(f"{label} {problem}; it is corrupted: {_FIX}")
+    def corrupted(problem: str) -> CorruptTeacher:
+        return CorruptTeacher(f"{label} {problem}; it is corrupted: {_FIX}", problem)
 
     if not isinstance(record.get("settings"), dict):
         raise corrupted("lacks its settings record")
@@ -113,10 +122,8 @@ def teacher_from_record(record: Any, path: str | Path) -> TeacherFile:
     except (KeyError, TypeError, ValueError):
         raise corrupted(f"records no number of actions (num_actions {record.get('num_actions')!r})") from None
     if num_actions != settings.num_actions or head.shape[0] != num_actions:
-        raise UserError(
-            f"teacher {str(path)!r} has {head.shape[0]} actions but "
-            f"{settings.game} has {settings.num_actions}; the checkpoint is corrupted: {_FIX}"
-        )
+        problem = f"has {head.shape[0]} actions but {settings.game} has {settings.num_actions}"
+        raise CorruptTeacher(f"teacher {str(path)!r} {problem}; the checkpoint is corrupted: {_FIX}", problem)
     try:
         net = TeacherNet(num_actions, in_frames=settings.stack)
     except (RuntimeError, TypeError, ValueError):
@@ -124,9 +131,8 @@ def teacher_from_record(record: Any, path: str | Path) -> TeacherFile:
     try:
         net.load_state_dict(state)
     except RuntimeError as e:
-        raise UserError(
-            f"{label} does not fit the teacher network ({str(e).splitlines()[0]}); {_FIX}"
-        ) from None
+        problem = f"does not fit the teacher network ({str(e).splitlines()[0]})"
+        raise CorruptTeacher(f"{label} {problem}; {_FIX}", problem) from None
     return TeacherFile(path=path, record=record, settings=settings, state_dict=state, net=net)
 
 
@@ -166,6 +172,7 @@ def read_teacher(path: str | Path) -> TeacherFile:
 
 __all__ = [
     "TEACHER_FORMAT",
+    "CorruptTeacher",
     "TeacherFile",
     "history_problem",
     "read_teacher",

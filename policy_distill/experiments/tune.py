@@ -112,9 +112,8 @@ class TuneConfig(TrainingSchedule):
     before the cut)."""
     learning_rates: str = "1e-4,2.5e-4,5e-4,1e-3,2e-3,4e-3,8e-3,1.6e-2"
     """Ladder of Adam learning rates (the paper searched 1e-5 to 1e-3 per game and method; the
-    walk goes past 1e-3 only while the larger rate keeps winning). 1.6e-2 was added in session
-    13, when Space Invaders' KL-only walk at 0.05 ended on 8e-3; a walk that never stood on
-    8e-3 (Breakout's) chooses as before."""
+    walk goes past 1e-3 only while the larger rate keeps winning; it tries 1.6e-2 only from
+    8e-3, so a walk that never stood there chooses as it did before that rung was added)."""
     start_learning_rate: float = 1e-3
     """Where the learning-rate walk starts (a value of the ladder)."""
     alphas: str = "0.0003,0.001,0.003,0.01,0.03,0.1,0.3,1"
