@@ -474,6 +474,31 @@ def test_report_writes_page_and_figures_with_intervals(write_hparams, tmp_path) 
     assert "| 0.5 | 0.750 | 0.0100 / 0.0200 (2.0x) | 0.0100 / 0.0000 (0.0x) | 1 |" in page
 
 
+def test_report_lists_an_expected_game_without_hyperparameters_as_waiting(write_hparams, tmp_path) -> None:
+    results = tmp_path / "results.jsonl"
+    for row in synthetic_rows(-0.2):
+        append_row(results, row)
+    hparams = write_hparams(
+        tmp_path / "hparams.json",
+        pong={"learning_rate": 5e-4, "alpha": 1.0, "steps": 3000, "chosen_by": "guess"},
+    )
+    cfg = ReportConfig(
+        results=str(results),
+        hparams=str(hparams),
+        out=str(tmp_path / "docs"),
+        fractions="0.1,0.5,0.8",
+        games="Pong,SpaceInvaders",  # as a user types them; pong has an entry, space_invaders none
+    )
+    make_report(cfg)
+    page = (tmp_path / "docs" / "README.md").read_text()
+    waiting = page.split("## Waiting")[1]
+    assert "- space_invaders: waiting for its hyperparameters (no entry in" in waiting
+    assert "tune --game space_invaders --write-hparams" in waiting
+    assert "pong: waiting for its hyperparameters" not in waiting
+    assert "--games Pong,SpaceInvaders" in page  # the regeneration command keeps the option
+    assert "| space_invaders |" not in page.split("## Waiting")[0]  # no empty tables for it
+
+
 def test_claim_sentences_follow_the_numbers(write_hparams, tmp_path) -> None:
     _, page, summary = write_report(tmp_path / "lower", sobolev_shift=-0.1, write_hparams=write_hparams)
     sentences = " ".join(claim_sentences(summary, "pong"))
@@ -642,6 +667,7 @@ def test_a_student_field_makes_both_methods_other_cells(
         ({"metrics": "median"}, "metrics must be one of final, best, got 'median'"),
         ({"fractions": "0.5,2"}, "fraction"),
         ({"seeds": "a"}, "seed"),
+        ({"games": "pong,tetris"}, "unknown game 'tetris'; known games: breakout, pong, space_invaders"),
     ],
 )
 def test_bad_report_settings_are_refused_before_anything_is_read(changes: dict, expected: str) -> None:

@@ -47,6 +47,7 @@ from policy_distill.experiments.sweep import (
     read_rows,
     row_key,
 )
+from policy_distill.settings import game_info
 
 LABELS = {"kl": "KL only", "sobolev": "Sobolev"}
 COLOURS = {"kl": "#7f7f7f", "sobolev": "#1f77b4"}
@@ -133,6 +134,9 @@ class ReportConfig:
     """The expected training fractions; cells without a row are listed as waiting."""
     seeds: str = "0,1,2"
     """The expected seeds."""
+    games: str = ""
+    """Games expected beyond the hyperparameter file's (comma-separated): one with no entry there
+    yet is listed under "Waiting" as waiting for its hyperparameter search."""
     metrics: str = "final"
     """final: held-out metrics after the last step (default); best: at best.pt, the step of
     lowest held-out KL (chosen on the test split itself, so optimistic)."""
@@ -148,6 +152,11 @@ class ReportConfig:
         check_fields("report settings", [one_of(self, "metrics", ("final", "best"))])
         parse_fractions(self.fractions)
         parse_seeds(self.seeds)
+        self.expected_games()
+
+    def expected_games(self) -> list[str]:
+        """``games`` as canonical names; an unknown game raises UserError naming the known ones."""
+        return [game_info(g).name for g in self.games.split(",") if g.strip()]
 
     def discussion_path(self) -> Path:
         return Path(self.discussion) if self.discussion else Path(self.out) / "discussion.md"
@@ -503,8 +512,15 @@ def _scores_table(summary: Summary) -> list[str]:
     return lines
 
 
-def _waiting(summary: Summary, fractions: Sequence[float], seeds: Sequence[int]) -> list[str]:
-    lines = []
+def _waiting(
+    summary: Summary, cfg: ReportConfig, fractions: Sequence[float], seeds: Sequence[int]
+) -> list[str]:
+    lines = [
+        f"- {game}: waiting for its hyperparameters (no entry in `{cfg.hparams}`; "
+        f"`tune --game {game} --write-hparams` adds one when its search is finished)."
+        for game in cfg.expected_games()
+        if game not in summary.games
+    ]
     for game in summary.games:
         runs = [r for r in summary.students if r["game"] == game]
         if not runs:
@@ -558,6 +574,7 @@ def _commands(summary: Summary, cfg: ReportConfig) -> list[str]:
                 cfg.hparams,
             ]
             + ["--out", cfg.out, "--fractions", cfg.fractions, "--seeds", cfg.seeds]
+            + (["--games", cfg.games] if cfg.games else [])
             + (["--metrics", cfg.metrics] if cfg.metrics != "final" else [])
             + (["--discussion", cfg.discussion] if cfg.discussion else [])
             + (["--preface", cfg.preface] if cfg.preface else [])
@@ -771,7 +788,7 @@ def write_page(summary: Summary, cfg: ReportConfig, fractions: Sequence[float], 
     if discussion.is_file():
         lines += ["", "## Discussion", "", f"Hand-written, from `{discussion}`.", ""]
         lines += [discussion.read_text(encoding="utf-8", errors="replace").strip()]
-    lines += ["", "## Waiting", "", *_waiting(summary, fractions, seeds), ""]
+    lines += ["", "## Waiting", "", *_waiting(summary, cfg, fractions, seeds), ""]
     return "\n".join(lines)
 
 
