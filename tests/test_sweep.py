@@ -499,6 +499,36 @@ def test_report_lists_an_expected_game_without_hyperparameters_as_waiting(write_
     assert "| space_invaders |" not in page.split("## Waiting")[0]  # no empty tables for it
 
 
+def test_report_compares_the_sobolev_gap_of_wider_students(write_hparams, tmp_path) -> None:
+    results, wider_results = tmp_path / "results.jsonl", tmp_path / "wider.jsonl"
+    for row in synthetic_rows(-0.1):  # width 1: Sobolev's KL 0.01 lower than KL only's
+        append_row(results, row)
+    entry = {"learning_rate": 5e-4, "alpha": 1.0, "steps": 3000, "chosen_by": "guess"}
+    hparams = write_hparams(tmp_path / "hparams.json", pong=entry)
+    wider_hparams = write_hparams(tmp_path / "wider.json", pong=dict(entry, student_width=2))
+    for row in synthetic_rows(+0.1):  # width 2: Sobolev's KL 0.01 higher, at fraction 0.5 only
+        if row["game"] == "pong" and row["method"] != "teacher" and row["train_fraction"] == 0.5:
+            append_row(wider_results, dict(row, student_width=2.0))
+    out = tmp_path / "docs"
+    common = dict(results=str(results), hparams=str(hparams), out=str(out), fractions="0.1,0.5")
+    make_report(
+        ReportConfig(**common, capacity_results=str(wider_results), capacity_hparams=str(wider_hparams))
+    )
+    page = (out / "README.md").read_text()
+    # KL-only held-out KL at 0.5 is 0.02 for every seed; Sobolev 0.01 (width 1) and 0.03 (width 2).
+    assert "| pong | 0.5 | 1 | 3 / 3 | 0.02 ± 0 | 0.01 ± 0 | +50.0% | closer |" in page
+    assert "| pong | 0.5 | 2 | 3 / 3 | 0.02 ± 0 | 0.03 ± 0 | -50.0% | further |" in page
+    assert "| pong | 0.1 |" not in page.split("**Student capacity.**")[1]  # no wider run there
+    assert f"--capacity-results {wider_results} --capacity-hparams {wider_hparams}" in page
+
+    with pytest.raises(UserError, match="capacity_results and capacity_hparams go together"):
+        ReportConfig(**common, capacity_results=str(wider_results))
+    with pytest.raises(UserError, match="no results table at .*nowhere.jsonl"):
+        make_report(
+            ReportConfig(**common, capacity_results="nowhere.jsonl", capacity_hparams=str(wider_hparams))
+        )
+
+
 def test_claim_sentences_follow_the_numbers(write_hparams, tmp_path) -> None:
     _, page, summary = write_report(tmp_path / "lower", sobolev_shift=-0.1, write_hparams=write_hparams)
     sentences = " ".join(claim_sentences(summary, "pong"))

@@ -144,6 +144,13 @@ class ReportConfig:
     """Hand-written markdown placed under "Discussion" after the generated claims (default:
     ``<out>/discussion.md`` when it exists): the explanations numbers cannot generate."""
 
+    capacity_results: str = ""
+    """Results table(s) of wider students, comma-separated (``reproduce --hparams`` with a
+    ``student_width`` in each entry): the page compares the Sobolev gap at each width."""
+    capacity_hparams: str = ""
+    """The hyperparameter file those wider students were trained with (needed with
+    capacity_results)."""
+
     preface: str = ""
     """Hand-written markdown placed under the title (default: ``<out>/preface.md`` when it
     exists): what a reader must know first, e.g. that a page was made with an earlier teacher."""
@@ -153,6 +160,11 @@ class ReportConfig:
         parse_fractions(self.fractions)
         parse_seeds(self.seeds)
         self.expected_games()
+        if bool(self.capacity_results) != bool(self.capacity_hparams):
+            raise UserError(
+                "capacity_results and capacity_hparams go together: give both (the wider students' "
+                "results table and the hyperparameter file they were trained with) or neither"
+            )
 
     def expected_games(self) -> list[str]:
         """``games`` as canonical names; an unknown game raises UserError naming the known ones."""
@@ -387,6 +399,38 @@ def _explanation_table(summary: Summary, game: str) -> list[str]:
     return lines
 
 
+def _width_of(runs: Sequence[dict[str, Any]]) -> str:
+    widths = sorted({float(r.get("student_width", 1.0)) for r in runs})
+    return ", ".join(f"{w:g}" for w in widths) or "n/a"
+
+
+def _capacity_table(summary: Summary, wider: Summary) -> list[str]:
+    """Per game and fraction the wider students were run at: the paper's student (width 1) and
+    the wider one side by side, held-out KL of both methods, Sobolev's relative gap and verdict.
+
+    A Sobolev gain that shrinks or turns into a loss as the student widens says the term helped
+    a student too small to fit the teacher's values alone; one that holds says it does not
+    depend on capacity."""
+    lines = [
+        "| game | fraction | student width | seeds (KL / Sob.) | KL: KL only | KL: Sobolev | "
+        "gap (KL only − Sobolev) / KL only | verdict |",
+        "|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for game in wider.games:
+        for f in wider.fractions(game):
+            for which in (summary, wider):
+                kl, sob = (which.cell(game, m, f, "kl") for m in METHODS)
+                runs = which.runs(game, "kl", f) + which.runs(game, "sobolev", f)
+                seeds = " / ".join(str(len(which.runs(game, m, f))) for m in METHODS)
+                gap = _gap(kl, sob) if kl is not None and sob is not None else None
+                verdict = cell_verdict(which, game, f, "kl") or "waiting"
+                lines.append(
+                    f"| {game} | {f:g} | {_width_of(runs)} | {seeds} | {fmt(kl)} | {fmt(sob)} | "
+                    f"{_pct(gap)} | {verdict} |"
+                )
+    return lines
+
+
 # --- Figures ---------------------------------------------------------------------------------
 
 
@@ -575,6 +619,11 @@ def _commands(summary: Summary, cfg: ReportConfig) -> list[str]:
             ]
             + ["--out", cfg.out, "--fractions", cfg.fractions, "--seeds", cfg.seeds]
             + (["--games", cfg.games] if cfg.games else [])
+            + (
+                ["--capacity-results", cfg.capacity_results, "--capacity-hparams", cfg.capacity_hparams]
+                if cfg.capacity_results
+                else []
+            )
             + (["--metrics", cfg.metrics] if cfg.metrics != "final" else [])
             + (["--discussion", cfg.discussion] if cfg.discussion else [])
             + (["--preface", cfg.preface] if cfg.preface else [])
@@ -638,8 +687,14 @@ def _setup(summary: Summary) -> list[str]:
     return lines
 
 
-def write_page(summary: Summary, cfg: ReportConfig, fractions: Sequence[float], seeds: Sequence[int]) -> str:
-    """The markdown of ``README.md``."""
+def write_page(
+    summary: Summary,
+    cfg: ReportConfig,
+    fractions: Sequence[float],
+    seeds: Sequence[int],
+    wider: Summary | None = None,
+) -> str:
+    """The markdown of ``README.md``; ``wider``: the wider students of ``cfg.capacity_results``."""
     which = (
         "after the last step"
         if cfg.metrics == "final"
@@ -784,6 +839,18 @@ def write_page(summary: Summary, cfg: ReportConfig, fractions: Sequence[float], 
         ]
         for game in judged:
             lines += [f"**{game}**", "", *_explanation_table(summary, game), ""]
+        if wider is not None:
+            lines += [
+                "**Student capacity.** Wider students (`student_width`: channels and hidden units "
+                f"times the width) from `{cfg.capacity_results}`, trained with `{cfg.capacity_hparams}` "
+                "(the paper's student's hyperparameters unless it says otherwise), beside the paper's "
+                "student at the same fractions. Held-out KL; verdict as above. A Sobolev gain that "
+                "shrinks as the student widens points to capacity: the term helps a student too small "
+                "to fit the teacher's values alone.",
+                "",
+                *(_capacity_table(summary, wider) if wider.students else ["Waiting: no wider student yet."]),
+                "",
+            ]
     discussion = cfg.discussion_path()
     if discussion.is_file():
         lines += ["", "## Discussion", "", f"Hand-written, from `{discussion}`.", ""]
@@ -792,23 +859,36 @@ def write_page(summary: Summary, cfg: ReportConfig, fractions: Sequence[float], 
     return "\n".join(lines)
 
 
+def _paths(tables: str) -> list[str]:
+    """The comma-separated results tables of a setting, without blanks."""
+    return [p.strip() for p in tables.split(",") if p.strip()]
+
+
 def make_report(cfg: ReportConfig) -> dict[str, Any]:
     """Write README.md, figure4.png and gradient_fidelity.png into ``cfg.out``."""
     from policy_distill.checkpoint import atomic_write_bytes
 
     fractions, seeds = parse_fractions(cfg.fractions), parse_seeds(cfg.seeds)
-    paths = [p.strip() for p in cfg.results.split(",") if p.strip()]
-    missing = [p for p in paths if not Path(p).is_file()]
-    if missing or not paths:
-        raise UserError(
-            f"no results table at {', '.join(missing) or repr(cfg.results)}; run `reproduce` first"
-        )
+    paths = _paths(cfg.results)
+    for given in (cfg.results, cfg.capacity_results):
+        missing = [p for p in _paths(given) if not Path(p).is_file()]
+        if missing or (given == cfg.results and not paths):
+            raise UserError(f"no results table at {', '.join(missing) or repr(given)}; run `reproduce` first")
     for name in ("discussion", "preface"):
         given = getattr(cfg, name)
         if given and not Path(given).is_file():
             raise UserError(f"`{name}` {given}: no such file; write it or leave `{name}` out")
     hparams = load_hparams(cfg.hparams)
     summary = Summary(latest_rows(read_rows(paths)), hparams, cfg.metrics)
+    wider = (
+        Summary(
+            latest_rows(read_rows(_paths(cfg.capacity_results))),
+            load_hparams(cfg.capacity_hparams),
+            cfg.metrics,
+        )
+        if cfg.capacity_results
+        else None
+    )
     out = Path(cfg.out)
     games = [g for g in summary.games if summary.fractions(g)] or summary.games[:1] or ["(no runs)"]
     atomic_write_bytes(
@@ -827,7 +907,7 @@ def make_report(cfg: ReportConfig) -> dict[str, Any]:
             summary, games, ("grad_cosine", "grad_rel_l2"), fractions, f"Gradient fidelity ({cfg.metrics})"
         ),
     )
-    page = write_page(summary, cfg, fractions, seeds)
+    page = write_page(summary, cfg, fractions, seeds, wider)
     atomic_write_bytes(out / "README.md", page.encode())
     verdicts = {g: claims(summary, g) for g in summary.games if summary.fractions(g)}
     per_fraction = {
