@@ -465,6 +465,8 @@ def test_report_writes_page_and_figures_with_intervals(write_hparams, tmp_path) 
     assert "6 ± 2.5 (3 seeds x 10 games)" in page  # students' scores 5, 6, 7 over seeds
     assert "| breakout | 0.1 | 250 (1 seed x 20 games) | 250 (1 seed x 20 games) | waiting |" in page
     assert "python -m policy_distill reproduce --games pong --fractions 0.1,0.5,0.8" in page
+    # make's targets default to docs/reproduce's files, so the page says they need the flags.
+    assert 'The same through make: `make reproduce ARGS="..."` and `make report ARGS="..."`' in page
     # Verdicts per fraction: at 0.5 every seed of Sobolev is 0.2 lower (intervals apart), at 0.1
     # the spread of the seeds makes the intervals overlap; breakout has a single seed.
     assert "| 0.5 | KL: **closer**; action error: **closer** | waiting |" in page

@@ -210,6 +210,19 @@ def test_tune_runs_the_walk_once_and_writes_its_page_and_entry(
     assert again["entry"] == first["entry"]
     assert "done: final validation KL" in capsys.readouterr().out
 
+    # A table and page of their own: the commands name them, and do not offer --write-hparams
+    # (that is for the game's own search); a preface beside the page goes under its title.
+    results, out = tmp_path / "pong.jsonl", tmp_path / "pong.md"
+    assert "--write-hparams" not in page
+    commands = page.split("```bash\n")[1].split("```")[0].splitlines()
+    assert commands[1].endswith(f"--results {results} --out {out} --report-only")
+    (tmp_path / "pong.preface.md").write_text("> **Archived.** Kept for comparison.\n")
+    tune(tiny_tune_config(tmp_path, report_only=True))
+    page = out.read_text()
+    assert page.startswith("# pong: hyperparameters chosen on validation splits\n\n> **Archived.** Kept")
+    with pytest.raises(UserError, match="`preface` .*nowhere.md: no such file"):
+        tune(tiny_tune_config(tmp_path, report_only=True, preface=str(tmp_path / "nowhere.md")))
+
     # An entry names the one recording it was tuned on: a table of two recordings is refused.
     append_row(tmp_path / "pong.jsonl", {**rows[0], "dataset_sha256": "f" * 64})
     from_rows = tiny_tune_config(

@@ -764,9 +764,20 @@ def write_page(
         lines += ["", "Overrides, applied in this order (a later one wins):", ""]
         lines += [f"- {game}, {o.describe()}" for game, o in overridden]
     lines += ["", "## Reproduce", "", "```bash", *_commands(summary, cfg), "```", ""]
+    defaults = ReportConfig()
+    if (cfg.results, cfg.hparams, cfg.out) == (defaults.results, defaults.hparams, defaults.out):
+        example = summary.games[0] if summary.games else "pong"
+        make_line = (
+            "The same through make: `make reproduce` (every game of the hyperparameter file; "
+            f'`ARGS="--games {example}"` for one) and `make report` (`ARGS=` for the other flags). '
+        )
+    else:  # make's targets default to docs/reproduce's files: these tables need the flags above
+        make_line = (
+            'The same through make: `make reproduce ARGS="..."` and `make report ARGS="..."` with the '
+            "flags above. "
+        )
     lines += [
-        'The same through make: `make reproduce` (every game of the hyperparameter file; `ARGS="--games '
-        'breakout"` for one) and `make report`. Each '
+        make_line + "Each "
         "`reproduce` skips the cells already in its results table; `--games`, `--fractions`, `--seeds` "
         "and `--methods` split the grid over machines, and `report --results a.jsonl,b.jsonl` joins "
         "their tables.",

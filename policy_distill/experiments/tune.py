@@ -144,6 +144,10 @@ class TuneConfig(TrainingSchedule):
     """The grid's fractions, each mapped to the nearest tuned fraction (log scale)."""
     report_only: bool = False
     """Write the page (and entry) from the rows so far; run nothing."""
+    preface: str = ""
+    """Hand-written markdown placed under the page's title (default: the page's path with
+    ``.preface.md`` for ``.md`` when that file exists): what a reader must know first, e.g. that
+    a search is archived."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "game", game_info(self.game).name)
@@ -193,6 +197,9 @@ class TuneConfig(TrainingSchedule):
 
     def path(self, template: str) -> Path:
         return Path(template.replace("{game}", self.game))
+
+    def preface_path(self) -> Path:
+        return Path(self.preface) if self.preface else self.path(self.out).with_suffix(".preface.md")
 
 
 def _ladder(text: str, name: str, *, high: float) -> list[float]:
@@ -553,6 +560,8 @@ def _wall_time(row: dict[str, Any]) -> str:
 
 def tune(cfg: TuneConfig) -> dict[str, Any]:
     """Run the walk at ``cfg.fractions`` (unless report_only), then write the page (and entry)."""
+    if cfg.preface and not Path(cfg.preface).is_file():
+        raise UserError(f"`preface` {cfg.preface}: no such file; write it or leave `preface` out")
     runner = Runner(cfg, run=not cfg.report_only)
     if not cfg.report_only:
         _check_output(cfg)
@@ -742,6 +751,14 @@ def render_page(
     data_flag = "" if cfg.path(cfg.data) == cfg.path(TuneConfig.data) else f" --data {cfg.data}"
     if cfg.recording_seed != TuneConfig.recording_seed:
         data_flag += f" --recording-seed {cfg.recording_seed}"
+    # A table or page of its own (an archived search, an experiment) is not the game's search:
+    # its commands name them, and do not offer to write the game's hparams.json entry.
+    own_table = cfg.path(cfg.results) != cfg.path(TuneConfig.results)
+    for name in ("results", "out"):
+        if cfg.path(getattr(cfg, name)) != cfg.path(getattr(TuneConfig, name)):
+            data_flag += f" --{name} {cfg.path(getattr(cfg, name))}"
+    if cfg.preface:
+        data_flag += f" --preface {cfg.preface}"
     recordings = sorted({str(r.get("dataset_sha256")) for r in rows})
     lines = [
         f"# {cfg.game}: hyperparameters chosen on validation splits",
@@ -756,10 +773,14 @@ def render_page(
         "```bash",
         f"python -m policy_distill tune --game {cfg.game}{data_flag} --fractions {cfg.fractions} "
         f"--steps {cfg.steps} --budget-steps {cfg.budget_steps} --precision {cfg.precision}",
-        f"python -m policy_distill tune --game {cfg.game}{data_flag} --report-only --write-hparams",
+        f"python -m policy_distill tune --game {cfg.game}{data_flag} --report-only"
+        + ("" if own_table else " --write-hparams"),
         "```",
         "",
     ]
+    preface = cfg.preface_path()
+    if preface.is_file():
+        lines[1:1] = ["", preface.read_text(encoding="utf-8", errors="replace").strip()]
     hardware = sorted({f"{r['hardware']}, {r['cpu_capability']}" for r in rows})
     cpu_s = sum(r["wall_s"] for r in rows)
     lines += [
