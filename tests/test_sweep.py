@@ -541,6 +541,10 @@ def test_claim_sentences_follow_the_numbers(write_hparams, tmp_path) -> None:
     # KL-only 0.4 vs Sobolev 0.3 at 0.1 (+25%); 0.2 vs 0.1 at 0.5 (+50%): the gap is not wider at 0.1.
     assert "+25.0% at the smallest fraction (0.1) and +50.0% at the largest (0.5)" in sentences
     assert "partly consistent" in sentences
+    assert (
+        "not wider at the smallest fraction than at the largest on held-out action-prediction error "
+        "(+25.0% at 0.1 against +50.0% at 0.5) and on held-out KL (+25.0% at 0.1 against +50.0% at 0.5)."
+    ) in sentences
     assert all(f"- {s}" in page for s in claim_sentences(summary, "pong"))
 
     _, page, summary = write_report(tmp_path / "higher", sobolev_shift=+0.1, write_hparams=write_hparams)

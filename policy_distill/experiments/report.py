@@ -320,10 +320,27 @@ def _verdict(game: str, found: dict[str, Any]) -> str:
             "fraction than at the largest."
         )
     if everywhere:
+        narrower = [
+            f"{METRIC_LABELS[m]} ({_pct(c['gap_smallest'])} at {c['fractions'][0]:g} against "
+            f"{_pct(c['gap_largest'])} at {c['fractions'][-1]:g})"
+            for m, c in found.items()
+            if len(c["fractions"]) > 1
+            and c["gap_smallest"] is not None
+            and c["gap_largest"] is not None
+            and c["gap_smallest"] <= c["gap_largest"]
+        ]
         return (
             f"**{game}, in sum**: partly consistent: Sobolev students have the lower mean on both "
-            "metrics at every fraction measured, but the relative margin is not wider at the smallest "
-            "fraction than at the largest (or only one fraction is measured)."
+            "metrics at every fraction measured, but "
+            + (
+                "the relative margin is not wider at the smallest fraction than at the largest on "
+                + " and on ".join(narrower)
+                if narrower
+                else "only one fraction is measured"
+                if any(len(c["fractions"]) < 2 for c in found.values())
+                else "a relative margin cannot be computed (a KL-only mean of 0)"
+            )
+            + "."
         )
     if nowhere:
         return (
