@@ -204,6 +204,15 @@ def test_tune_runs_the_walk_once_and_writes_its_page_and_entry(
     assert "Chosen: KL only `kl-lr" in page and '"pong": {' in page
     assert f"{len(rows)} runs" in page
     assert page.count(" min (steps 2-4) |") == len(budget_runs)
+    # By alpha: the best 2-step run per alpha (0: KL only), the 4-step budget runs left out.
+    search_runs = [r for r in rows if r["steps"] == 2]
+    kl_only = min(r["history"][-1]["kl"] for r in search_runs if r["method"] == "kl")
+    for alpha in (0.01, 0.1):
+        at = [r for r in search_runs if r["method"] == "sobolev" and r["alpha"] == alpha]
+        best = min(r["history"][-1]["kl"] for r in at)
+        assert f"| {alpha:g} | {len(at)} | {best:.4f} | {100 * (best - kl_only) / kl_only:+.1f}% |" in page
+    n_kl = sum(r["method"] == "kl" for r in search_runs)
+    assert f"| 0 | {n_kl} | {kl_only:.4f} |  | kl-lr" in page
 
     again = tune(cfg)
     assert again["ran"] == 0 and len(read_rows(tmp_path / "pong.jsonl")) == len(rows)

@@ -740,6 +740,33 @@ def _number(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.4f}"
 
 
+def _alpha_table(cfg: TuneConfig, rows: Sequence[dict[str, Any]]) -> list[str]:
+    """Per alpha, the lowest final validation KL of the search-length runs at one fraction."""
+    by_alpha: dict[float, list[dict[str, Any]]] = {}
+    for r in rows:
+        if r["steps"] == cfg.steps and not r.get("diverged") and r["history"]:  # budget runs ran longer
+            by_alpha.setdefault(0.0 if r["method"] == "kl" else float(r["alpha"]), []).append(r)
+    best = {alpha: min(runs, key=lambda r: r["history"][-1]["kl"]) for alpha, runs in by_alpha.items()}
+    if not best:
+        return []
+    lines = [
+        f"By alpha: the lowest final validation KL of the {cfg.steps}-step runs at each alpha, over "
+        "learning rates and estimators (alpha 0 is KL only). How much the Sobolev term buys on the "
+        "validation split, and how much it depends on alpha:",
+        "",
+        "| alpha | runs | lowest final validation KL | against KL only | run |",
+        "|---:|---:|---:|---:|---|",
+    ]
+    kl_only = best[0.0]["history"][-1]["kl"] if 0.0 in best else None
+    for alpha in sorted(best):
+        r, n = best[alpha], len(by_alpha[alpha])
+        kl = r["history"][-1]["kl"]
+        versus = "" if kl_only is None or alpha == 0 else f"{100 * (kl - kl_only) / kl_only:+.1f}%"
+        label = Setting(r["method"], r["learning_rate"], r["alpha"], r["sobolev_estimator"]).label()
+        lines.append(f"| {alpha:g} | {n} | {kl:.4f} | {versus} | {label} |")
+    return [*lines, ""]
+
+
 def render_page(
     cfg: TuneConfig, reader: Runner, choices: dict[float, Choice | None], entry: dict[str, Any] | None
 ) -> str:
@@ -817,6 +844,7 @@ def render_page(
                 f"| {_wall_time(r)} |"
             )
         lines.append("")
+        lines += _alpha_table(cfg, here)
         if choice is None:
             lines += ["The walk at this fraction is not finished: run the tune command again.", ""]
             continue
