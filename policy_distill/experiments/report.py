@@ -862,7 +862,8 @@ def write_page(
             "near-deterministic teacher leaves the KL little beyond its argmax to teach), each "
             "student's training KL (mean batch KL over its last evaluation interval) against its "
             "held-out KL (a large ratio: it memorised its frames, which a regulariser can help), "
-            "and the Sobolev weight alpha. n/a: rows written before these were recorded.",
+            'and the Sobolev weight alpha (how validation KL depends on it: the "By alpha" tables of each '
+            "game's tuning page, `docs/tuning/<game>.md`). n/a: rows written before these were recorded.",
             "",
         ]
         for game in judged:
