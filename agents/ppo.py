@@ -225,6 +225,41 @@ class ExportTeacherConfig:
         )
 
 
+def generalised_advantages(
+    rewards: Tensor,
+    values: Tensor,
+    dones: Tensor,
+    next_value: Tensor,
+    next_done: Tensor,
+    gamma: float,
+    gae_lambda: float,
+) -> tuple[Tensor, Tensor]:
+    """Generalised advantage estimation (Schulman et al. 2016) over one rollout, as in CleanRL.
+
+    Args:
+        rewards, values: ``[T, N]``, the (clipped) reward after and the value of each step's
+            observation, for N environments.
+        dones: ``[T, N]``, 1 where the step's observation is the first of a new episode (the
+            previous step ended one), so nothing is bootstrapped across it.
+        next_value, next_done: ``[N]``, the value of the observation after the rollout and
+            whether it starts a new episode.
+
+    Returns:
+        ``(advantages, returns)``, each ``[T, N]``; returns = advantages + values, the value
+        targets.
+    """
+    steps = rewards.shape[0]
+    advantages = torch.zeros_like(rewards)
+    last_gae = torch.zeros_like(next_value)
+    for t in reversed(range(steps)):
+        not_done = 1.0 - (next_done if t == steps - 1 else dones[t + 1])
+        following_value = next_value if t == steps - 1 else values[t + 1]
+        delta = rewards[t] + gamma * following_value * not_done - values[t]
+        last_gae = delta + gamma * gae_lambda * not_done * last_gae
+        advantages[t] = last_gae
+    return advantages, advantages + values
+
+
 def _ppo_loss(
     net: TeacherNet,
     cfg: PPOConfig,
@@ -449,16 +484,9 @@ def train_ppo(
         # Generalised advantage estimation, bootstrapped from the value of the last observation.
         with torch.no_grad(), autocast(device, enabled=bf16):
             _, next_value = net(to_float(next_obs).contiguous(memory_format=memory_format))
-        next_value = next_value.float()
-        advantages = torch.zeros_like(rewards_buf)
-        last_gae = torch.zeros(cfg.num_envs, device=device)
-        for t in reversed(range(cfg.num_steps)):
-            not_done = 1.0 - (next_done if t == cfg.num_steps - 1 else dones_buf[t + 1])
-            following_value = next_value if t == cfg.num_steps - 1 else values_buf[t + 1]
-            delta = rewards_buf[t] + cfg.gamma * following_value * not_done - values_buf[t]
-            last_gae = delta + cfg.gamma * cfg.gae_lambda * not_done * last_gae
-            advantages[t] = last_gae
-        returns = advantages + values_buf
+        advantages, returns = generalised_advantages(
+            rewards_buf, values_buf, dones_buf, next_value.float(), next_done, cfg.gamma, cfg.gae_lambda
+        )
 
         b_obs = obs_buf.reshape(-1, *obs_buf.shape[2:])
         b_actions, b_logp = actions_buf.reshape(-1), logp_buf.reshape(-1)

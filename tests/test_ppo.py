@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from agents.loading import load_teacher
-from agents.ppo import PPOConfig, export_teacher, train_ppo
+from agents.ppo import PPOConfig, export_teacher, generalised_advantages, train_ppo
 from policy_distill.errors import ConfigError, UserError
 
 
@@ -259,3 +259,38 @@ def test_export_teacher_card_plays_the_exported_file_sampled_and_greedy(tmp_path
     text = card.read_text()
     assert f"--teacher {shipped} --episodes 2 --seed 3" in text
     assert f"{scores.mean:.2f}" in text and f"{greedy.mean:.2f}" in text
+
+
+def _gae_by_definition(rewards, values, dones, next_value, next_done, gamma, lam):
+    """GAE as its defining sum, sum_k (gamma lam)^k delta_{t+k}, cut at the episode's end."""
+    steps, envs = rewards.shape
+    ends = torch.cat([dones[1:], next_done[None]])  # ends[t]: step t's next observation is a new episode
+    following = torch.cat([values[1:], next_value[None]])
+    deltas = rewards + gamma * following * (1 - ends) - values
+    out = torch.zeros_like(rewards)
+    for n in range(envs):
+        for t in range(steps):
+            for k in range(steps - t):
+                out[t, n] += (gamma * lam) ** k * deltas[t + k, n]
+                if ends[t + k, n]:
+                    break
+    return out
+
+
+@pytest.mark.parametrize("lam", [0.0, 0.95, 1.0])
+def test_generalised_advantages_match_their_definition_and_stop_at_episode_ends(lam: float) -> None:
+    gen = torch.Generator().manual_seed(0)
+    rewards, values = torch.randn(6, 2, generator=gen), torch.randn(6, 2, generator=gen)
+    dones = torch.zeros(6, 2)
+    dones[3, 0] = 1.0  # env 0: an episode ends after step 2, a new one starts at step 3
+    next_value, next_done = torch.randn(2, generator=gen), torch.tensor([0.0, 1.0])
+    adv, returns = generalised_advantages(rewards, values, dones, next_value, next_done, 0.9, lam)
+    expected = _gae_by_definition(rewards, values, dones, next_value, next_done, 0.9, lam)
+    torch.testing.assert_close(adv, expected)
+    torch.testing.assert_close(returns, adv + values)
+    # lam 1, env 0, step 2 (its episode's last): the reward alone, nothing bootstrapped past the end.
+    if lam == 1.0:
+        assert adv[2, 0].item() == pytest.approx(rewards[2, 0].item() - values[2, 0].item())
+        # env 0, step 5 (the rollout's last, episode still going): bootstrapped from next_value.
+        expected_last = rewards[5, 0] + 0.9 * next_value[0] - values[5, 0]
+        assert adv[5, 0].item() == pytest.approx(expected_last.item())
