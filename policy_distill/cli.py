@@ -195,7 +195,13 @@ def cmd_evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
     settings = student.settings
     teacher = None
     if not cfg.no_teacher:  # loaded before any game is played, so a bad teacher wastes none
-        teacher_ref = cfg.teacher or student.record.get("teacher", {}).get("path") or settings.game
+        recorded = student.record.get("teacher", {}).get("path")
+        if not cfg.teacher and recorded and not os.path.exists(recorded):
+            raise UserError(
+                f"the student's teacher {recorded!r} does not exist (moved or deleted?); pass `teacher` "
+                "with its new path, or `no_teacher` to play the student alone"
+            )
+        teacher_ref = cfg.teacher or recorded or settings.game
         teacher = load_teacher(teacher_ref, game=settings.game, settings=settings)
     result: dict[str, Any] = {"checkpoint": cfg.checkpoint, "game": settings.game}
     s = evaluate_policy(student, settings, cfg.episodes, seed=cfg.seed, greedy=cfg.greedy)

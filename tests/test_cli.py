@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
 import json
+import re
+import shutil
 import subprocess
 import sys
 
@@ -61,10 +64,17 @@ def test_error_points_at_the_right_help(args: list[str], hint: str) -> None:
 
 
 def test_help_lists_every_command() -> None:
+    from policy_distill.cli import COMMANDS, build_parser
+
+    names = [command.name for command in COMMANDS]
+    (subcommands,) = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    assert set(subcommands.choices) == set(names)
     result = run_cli("--help")
     assert result.returncode == 0
-    for command in ("train-teacher", "collect", "distill", "evaluate", "evaluate-teacher"):
-        assert command in result.stdout
+    for name in names:
+        # Each as the whole first word of its own line of the listing, where its help follows: not
+        # inside "policy_distill" or "evaluate-teacher", nor only in the {a,b,...} choices.
+        assert re.search(rf"^ +{re.escape(name)}(?![\w-])", result.stdout, re.MULTILINE), name
 
 
 def test_collect_json_result_is_last_line(tmp_path) -> None:
@@ -105,3 +115,49 @@ def test_switches_set_their_fields() -> None:
     assert parse(["evaluate", "--checkpoint", "x.pt"]).no_teacher is None  # the default stays
     assert parse(["collect", "--game", "pong", "--no-progress", "--overwrite"]).no_progress is True
     assert parse(["distill", "--no-channels-last"]).channels_last is False  # on by default: --x/--no-x
+
+
+@pytest.fixture(scope="module")
+def moved_teacher_student(tmp_path_factory, tiny, tiny_distill_config) -> tuple[str, str]:
+    """A student (best.pt of a 2-step run on ``tiny``) whose teacher file was moved after the run:
+    ``(checkpoint, the teacher's new path)``."""
+    from policy_distill.distill import distill
+
+    root = tmp_path_factory.mktemp("moved-teacher")
+    shutil.copy(tiny / "teacher.pt", root / "teacher.pt")
+    cfg = tiny_distill_config(teacher=str(root / "teacher.pt"), runs_dir=str(root / "runs"), steps=2)
+    best = distill(cfg, progress=False)["best_checkpoint"]
+    (root / "moved").mkdir()
+    return best, str((root / "teacher.pt").rename(root / "moved" / "teacher.pt"))
+
+
+def test_evaluate_with_no_teacher_plays_the_student_alone(moved_teacher_student, capsys) -> None:
+    from policy_distill.cli import main
+
+    best, _ = moved_teacher_student
+    assert main(["evaluate", "--checkpoint", best, "--episodes", "1", "--no-teacher", "--json"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    record = json.loads(out[-1])
+    assert record["checkpoint"] == best and record["game"] == "pong"
+    assert record["student"]["episodes"] == 1 == len(record["student"]["scores"])
+    # Played with the settings the student recorded: games cut at 240 emulator frames = 60 steps.
+    assert 0 < record["student"]["lengths"][0] <= 60
+    assert "teacher" not in record and "student_over_teacher_hns" not in record
+    assert [line for line in out if line.startswith("student ")] and not [
+        line for line in out if line.startswith("teacher ")
+    ]
+
+
+def test_evaluate_names_the_flags_that_fix_a_moved_teacher(moved_teacher_student, capsys) -> None:
+    from policy_distill.cli import main
+
+    best, new_path = moved_teacher_student
+    assert main(["evaluate", "--checkpoint", best, "--episodes", "1"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "does not exist" in lines[0], lines
+    assert "`--teacher`" in lines[0] and "`--no-teacher`" in lines[0], lines[0]
+    # The fix it names works: the teacher at its new path is played beside the student.
+    args = ["evaluate", "--checkpoint", best, "--episodes", "1", "--teacher", new_path, "--json"]
+    assert main(args) == 0
+    record = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert record["teacher"]["episodes"] == 1 and "student_over_teacher_hns" in record

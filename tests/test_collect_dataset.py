@@ -7,12 +7,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 import policy_distill.collect as collect_module
 from agents.loading import load_teacher, shipped_teachers
 from policy_distill.collect import CollectConfig, collect
 from policy_distill.dataset import load_dataset
 from policy_distill.errors import UserError
+from policy_distill.policy import to_float
 
 # Short games (truncated after 240 emulator frames = 60 agent steps) give many episode
 # boundaries in a few hundred frames.
@@ -103,6 +105,17 @@ def test_async_envs_rebuild_each_episode_exactly(
             if found:
                 break
         assert found, f"episode {e} does not match any environment's observations"
+    # Each stored log_probs row is the teacher's output on that row's own observation: a row given
+    # to another environment's stream, or shifted by one step, fails here. The teacher is fed the
+    # observation as collect feeds it (uint8 -> float in [0, 1]). log_probs are stored as float32,
+    # computed by the same float32 forward; only the batch size differs (2 there, all here), which
+    # changed the rows by 1.2e-7 at most (measured), while consecutive frames' rows of this
+    # near-uniform random teacher differ by 2e-5 to 6e-3: atol 1e-5 separates the two.
+    stored_obs = torch.from_numpy(ds.observations(np.arange(len(ds))))
+    with torch.no_grad():
+        recomputed = load_teacher(teacher).log_probs(to_float(stored_obs)).float().numpy()
+    assert ds.log_probs.dtype == np.float32
+    np.testing.assert_allclose(ds.log_probs, recomputed, rtol=0, atol=1e-5)
 
 
 def test_dataset_metadata_shapes_and_dtypes_with_shipped_teacher(tmp_path) -> None:
@@ -141,18 +154,31 @@ def test_a_recording_is_a_function_of_its_seed(short_settings, make_teacher_file
     assert first["content_sha256"] == again["content_sha256"] != other["content_sha256"]
 
 
-def test_reuse_same_arguments_and_refuse_different_ones(short_settings, make_teacher_file, tmp_path) -> None:
+def test_reuse_same_arguments_and_refuse_different_ones(
+    short_settings, make_teacher_file, monkeypatch, capsys, tmp_path
+) -> None:
     teacher = load_teacher(make_teacher_file(short_settings))
     out = tmp_path / "ds"
+    recordings = []
+    real_record = collect_module._record
+
+    def counted_record(*args, **kwargs):
+        recordings.append(args[2])
+        return real_record(*args, **kwargs)
+
+    monkeypatch.setattr(collect_module, "_record", counted_record)
     first = collect(teacher, CollectConfig(frames=40, num_envs=2, batch_size=2), out, progress=False)
+    capsys.readouterr()
     again = collect(teacher, CollectConfig(frames=40, num_envs=2, batch_size=2), out, progress=False)
-    assert again["created_unix"] == first["created_unix"], "a complete dataset should be reused"
+    assert recordings == [out], "a complete dataset with the same arguments should be reused, not recorded"
+    assert f"reusing the complete dataset in {out} (40 frames)" in capsys.readouterr().out
+    assert again == first
     with pytest.raises(UserError, match="frames: 40 != 60"):
         collect(teacher, CollectConfig(frames=60, num_envs=2, batch_size=2), out, progress=False)
     replaced = collect(
         teacher, CollectConfig(frames=60, num_envs=2, batch_size=2), out, overwrite=True, progress=False
     )
-    assert replaced["frames"] == 60
+    assert replaced["frames"] == 60 and recordings == [out, out]
 
 
 def test_interrupted_collection_leaves_no_dataset(

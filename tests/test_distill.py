@@ -368,3 +368,19 @@ def test_centre_first_layer_is_part_of_the_run_and_keeps_the_batch_order(tiny_di
     assert b["config"]["centre_first_layer"] is True
     with pytest.raises(UserError, match="other settings"):
         distill(tiny_distill_config(run="centred", steps=4, alpha=0.0))
+
+
+def test_a_missing_dataset_is_recorded_by_the_teacher_then_trained_on(
+    tiny, tiny_distill_config, capsys, tmp_path
+) -> None:
+    data = tmp_path / "data" / "pong"
+    cfg = tiny_distill_config(data=str(data), runs_dir=str(tmp_path / "runs"), frames=160, steps=2)
+    result = distill(cfg, progress=False)
+    assert f"no dataset in {data}: recording 160 frames" in capsys.readouterr().out
+    meta = load_dataset(data).meta  # complete and verified (its content hash matches its files)
+    assert meta["frames"] == 160 and meta["collect_args"]["frames"] == 160
+    assert meta["teacher"]["sha256"] == load_teacher(tiny / "teacher.pt").source.sha256
+    latest = torch.load(Path(result["run_dir"]) / "latest.pt", weights_only=True)
+    assert result["steps"] == latest["step"] == 2 and [h["step"] for h in latest["history"]] == [2]
+    record = load_student(result["best_checkpoint"]).record
+    assert record["dataset"]["content_sha256"] == meta["content_sha256"]

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from policy_distill.losses import (
     FD_EPSILON,
@@ -47,7 +48,15 @@ def test_kl_of_a_policy_with_itself_is_zero_and_otherwise_positive(torch_gen, di
     assert kl_divergence(p, p, direction=direction).item() == pytest.approx(0.0, abs=1e-6)
     assert kl_divergence(p, q, direction=direction).item() > 0.01
     for temperature in (0.5, 2.0):
-        assert kl_divergence(p, q, direction=direction, temperature=temperature).item() >= 0
+        got = kl_divergence(p, q, direction=direction, temperature=temperature).item()
+        assert got >= 0
+        # As documented: both softened to softmax(log p / T), and no T^2 factor. F.kl_div(input,
+        # target) is KL(target || input), so the first argument of KL goes in as the target.
+        s, t = F.log_softmax(p / temperature, dim=-1), F.log_softmax(q / temperature, dim=-1)
+        first, second = (s, t) if direction == "student_teacher" else (t, s)
+        expected = F.kl_div(second, first, log_target=True, reduction="batchmean").item()
+        assert got == pytest.approx(expected, rel=1e-5)
+        assert abs(expected - kl_divergence(p, q, direction=direction).item()) > 0.01  # T matters here
 
 
 def test_kl_matches_the_definition_and_directions_differ(torch_gen) -> None:
