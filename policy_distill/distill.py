@@ -325,13 +325,20 @@ def _prepare_data(cfg: DistillConfig, teacher: TeacherPolicy) -> Dataset:
             f"pass `data` for a {cfg.game} dataset"
         )
     dataset.settings.check_matches(teacher.settings, mine="dataset", theirs="teacher")
-    if dataset.meta["teacher"]["sha256"] != teacher.source.sha256:
-        raise UserError(
-            f"{data_dir} was recorded by another teacher ({dataset.meta['teacher']['name']}, "
-            f"sha256 {dataset.meta['teacher']['sha256'][:12]}); "
-            f"pass that `teacher`, or {recollect_hint(data_dir, cfg.game)} --teacher <this teacher>`"
-        )
+    _check_recorded_by(dataset, teacher, f"pass that `teacher`, or {recollect_hint(data_dir, cfg.game)}")
     return dataset
+
+
+def _check_recorded_by(dataset: Dataset, teacher: TeacherPolicy, fix: str) -> None:
+    """Refuse a recording of another teacher: its log-probabilities are not this teacher's, so
+    training on it, or measuring a student against it, would be silently wrong."""
+    recorded = dataset.meta["teacher"]
+    if recorded["sha256"] != teacher.source.sha256:
+        raise UserError(
+            f"{dataset.path} was recorded by another teacher ({recorded['name']}, sha256 "
+            f"{recorded['sha256'][:12]}), not {teacher.source.name} (sha256 {teacher.source.sha256[:12]}); "
+            f"{fix} --teacher <this teacher>`"
+        )
 
 
 def train_step(
@@ -659,6 +666,11 @@ def _distill(cfg: DistillConfig, *, progress: bool, world: World | None = None) 
     if cfg.test_data:
         test_set = load_dataset(cfg.test_data, mmap=False)
         test_set.settings.check_matches(dataset.settings, mine="training dataset", theirs="test dataset")
+        _check_recorded_by(
+            test_set,
+            teacher,
+            f"pass a `test_data` set of this teacher, or {recollect_hint(Path(cfg.test_data), cfg.game)}",
+        )
         test_store, test_idx = FrameStore(test_set, device), np.arange(len(test_set))
     else:
         test_store, test_idx = store, split.test

@@ -171,6 +171,27 @@ def test_dataset_from_another_teacher_and_empty_test_split_are_refused(
         distill(tiny_distill_config(train_fraction=1.0, run="all"))
 
 
+def test_a_test_set_is_measured_whole_and_must_come_from_the_same_teacher(
+    short_settings, tiny, tiny_distill_config, make_teacher_file, tmp_path
+) -> None:
+    # Another recording of the same teacher: every frame of it is held out, none of the training set.
+    same = tmp_path / "same-teacher"
+    collect(load_teacher(tiny / "teacher.pt"), CollectConfig(frames=120, num_envs=2, batch_size=2), same)
+    result = distill(
+        tiny_distill_config(run="test-set", steps=2, eval_every=2, train_fraction=1.0, test_data=str(same))
+    )
+    recorded = load_student(result["best_checkpoint"]).record["dataset"]
+    assert recorded["test_frames"] == 120 and recorded["train_frames"] == len(load_dataset(tiny / "data"))
+
+    # A recording of another teacher would measure the student against that teacher: refused.
+    other = tmp_path / "other-teacher"
+    collect(load_teacher(make_teacher_file(short_settings, seed=1)), CollectConfig(frames=40), other)
+    with pytest.raises(
+        UserError, match=r"other-teacher was recorded by another teacher .* pass a `test_data` set"
+    ):
+        distill(tiny_distill_config(run="other-test-set", steps=2, train_fraction=1.0, test_data=str(other)))
+
+
 def test_frame_store_batches_equal_the_dataset_observations(tiny) -> None:
     ds = load_dataset(tiny / "data")
     store = FrameStore(ds, torch.device("cpu"))
