@@ -99,19 +99,35 @@ def test_two_processes_train_as_one_with_the_same_global_batch(tiny_distill_conf
 def test_sobolev_run_resumed_under_torchrun_stays_close_to_one_process(tiny_distill_config, tmp_path) -> None:
     """KL + Sobolev: one process runs 2 steps, torchrun resumes the same run directory to step 4
     (every rank loads latest.pt). Each rank draws the Sobolev directions of its share from its
-    own stream, so the runs are not equal, but the first step's batch and weights are, and the
-    held-out KL stays close."""
+    own stream, so the runs are not equal, but the held-out KL and the weights stay close to an
+    uninterrupted one-process run's."""
     runs = tmp_path / "runs"
     sob = dict(alpha=0.5, eval_every=1)
     reference = distill(tiny_distill_config(runs_dir=str(tmp_path / "ref"), steps=4, **sob), progress=False)
-    distill(tiny_distill_config(runs_dir=str(runs), steps=2, **sob), progress=False)
+    halfway = weights(
+        distill(tiny_distill_config(runs_dir=str(runs), steps=2, **sob), progress=False)["run_dir"]
+    )
     resumed = torchrun(tiny_distill_config(runs_dir=str(runs), steps=4, **sob))
     a, b = weights(reference["run_dir"]), weights(resumed["run_dir"])
     assert b["step"] == 4 and [h["step"] for h in b["history"]] == [1, 2, 3, 4]
-    assert b["history"][:2] == a["history"][:2]  # written by the one-process part
-    for h1, h2 in zip(a["history"][2:], b["history"][2:]):
-        assert h2["metrics"]["kl"] == pytest.approx(h1["metrics"]["kl"], rel=0.1, abs=1e-5)
-    assert all(torch.isfinite(v).all() for v in b["state_dict"].values())
+    # Steps 1-2 are the one-process part's, kept from latest.pt: had torchrun started over, its own
+    # steps 1-2 (other KLs) would be there.
+    assert b["history"][:2] == a["history"][:2]
+    # Measured on 8 recordings of the tiny dataset (it differs between sessions): the held-out KL
+    # (~1e-5) of steps 3-4 differs from one process's by 0.6-11 %; by ~250 % when the ranks do not
+    # resume Adam's state. So the relative tolerance alone decides.
+    for h1, h2 in zip(a["history"][2:], b["history"][2:], strict=True):
+        assert h2["metrics"]["kl"] == pytest.approx(h1["metrics"]["kl"], rel=0.25, abs=0)
+
+    def flat(state_dict: dict) -> torch.Tensor:
+        return torch.cat([v.flatten().double() for v in state_dict.values()])
+
+    # Measured likewise: the final weights of the two runs lie 0.43-0.50 times as far apart as the
+    # one-process run moved in steps 3-4 (Adam moves every weight ~lr a step, and the directions
+    # differ); 1.17 times without Adam's state resumed. NaN weights fail the comparison too.
+    moved = (flat(a["state_dict"]) - flat(halfway["state_dict"])).norm()
+    apart = (flat(b["state_dict"]) - flat(a["state_dict"])).norm()
+    assert apart < 0.75 * moved, (apart, moved)
 
 
 def test_world_shares_and_refuses_an_uneven_batch(tiny_distill_config, tmp_path, monkeypatch) -> None:

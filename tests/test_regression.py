@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import policy_distill.experiments.regression.benchmark as benchmark_module
 from policy_distill.cli import build_parser
 from policy_distill.errors import ConfigError, UserError
 from policy_distill.experiments.regression.config import RegressionConfig
@@ -126,7 +127,9 @@ def _parser() -> argparse.ArgumentParser:
     return build_parser()  # the toolkit's own command line
 
 
-def test_command_writes_table_figure_and_resumes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_command_writes_table_figure_and_resumes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     argv = [
         "regression-benchmark",
         "--out",
@@ -155,11 +158,19 @@ def test_command_writes_table_figure_and_resumes(tmp_path: Path, capsys: pytest.
     assert len(record["groups"]) == 2 and len(record["runs"]) == 16
     assert all(math.isfinite(r["test_grad_mse"]) for r in record["runs"])
     assert "| booth | 6 |" in (tmp_path / "table.md").read_text()
-    # A second run with the same settings trains nothing more.
+    capsys.readouterr()
+
+    # A second run with the same settings trains nothing more: training would raise, and the runs
+    # and groups (their timings included) come back exactly as the first run wrote them.
+    def no_training(*_args: object, **_kwargs: object) -> None:
+        raise AssertionError("a finished size was trained again")
+
+    monkeypatch.setattr(benchmark_module, "train_group", no_training)
     args = _parser().parse_args(argv)
     assert args.func(args)["runs"] == 16
-    assert len(json.loads((tmp_path / "results.json").read_text())["groups"]) == 2
-    capsys.readouterr()
+    again = json.loads((tmp_path / "results.json").read_text())
+    assert again["runs"] == record["runs"] and again["groups"] == record["groups"]
+    assert "resuming: 16 runs already in" in capsys.readouterr().err
 
 
 def test_unknown_function_is_a_user_error() -> None:

@@ -81,11 +81,27 @@ def test_sweep_writes_a_row_per_run_and_never_repeats_one(
         assert r["best_grad_cosine"] == best["metrics"]["grad_cosine"] and "grad_rel_l2" in best["metrics"]
         assert r["final_train_kl"] == latest["history"][-1]["train_kl"] > 0
         ds = load_dataset(tiny / "data")
+        # The random teacher is nearly uniform: per-frame entropies lie within ~1e-6 of log 6, so the
+        # means of different frame sets differ by ~1e-7 relative; pytest.approx's default rel=1e-6
+        # could not tell them apart. Same float64 arithmetic as the sweep: equal to rounding.
+        exact = dict(rel=1e-12, abs=0)
         logp = ds.log_probs[: r["train_frames"]].astype(np.float64)
-        assert r["teacher_entropy_train"] == pytest.approx(-(np.exp(logp) * logp).sum(1).mean())
+        assert r["teacher_entropy_train"] == pytest.approx(-(np.exp(logp) * logp).sum(1).mean(), **exact)
+        test_idx = ds.split(r["train_fraction"]).test  # from the first episode start after the cut
+        assert r["test_frames"] == len(test_idx) > 0
+        logp = ds.log_probs[test_idx].astype(np.float64)
+        assert r["teacher_entropy_test"] == pytest.approx(-(np.exp(logp) * logp).sum(1).mean(), **exact)
         assert 0 < r["teacher_entropy_test"] <= math.log(6)
         assert r["wall_s"] > 0 and r["resumed_from_step"] == 0 and r["hardware"] == hardware_description()
         assert "score_mean" not in r
+    # The sweep's cuts (samples 120 and 240) fall on episode starts of the tiny recording; one in the
+    # middle of an episode shows that the test part skips that episode's rest.
+    middle = (ds.episode_starts[1] + ds.episode_starts[2]) / 2 / len(ds)
+    split = ds.split(middle)
+    assert split.test[0] == ds.episode_starts[2] > len(split.train)
+    logp = ds.log_probs[split.test].astype(np.float64)
+    entropies = sweep_module._teacher_entropies(str(tiny / "data"), middle)
+    assert entropies["teacher_entropy_test"] == pytest.approx(-(np.exp(logp) * logp).sum(1).mean(), **exact)
     assert "running" in capsys.readouterr().out
 
     calls = {"distill": 0}
