@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import shlex
 import subprocess
 import sys
 from collections.abc import Callable
@@ -545,6 +546,32 @@ def test_report_compares_the_sobolev_gap_of_wider_students(write_hparams, tmp_pa
         make_report(
             ReportConfig(**common, capacity_results="nowhere.jsonl", capacity_hparams=str(wider_hparams))
         )
+
+
+def test_report_adds_the_search_on_each_entrys_own_recording_to_the_cpu_time(write_hparams, tmp_path) -> None:
+    results = tmp_path / "results.jsonl"
+    for row in synthetic_rows(-0.2):
+        append_row(results, row)
+    tuned_on = "c" * 64
+    entry = {"learning_rate": 5e-4, "alpha": 1.0, "steps": 3000, "chosen_by": "tune"}
+    hparams = write_hparams(tmp_path / "hparams.json", pong=dict(entry, tuning_recording_sha256=tuned_on))
+    search = tmp_path / "tuning" / "pong.jsonl"
+    for sha, wall_s in (
+        (tuned_on, 1800.0),
+        (tuned_on, 3600.0),
+        ("d" * 64, 7200.0),
+    ):  # the last: another recording
+        append_row(search, {"game": "pong", "dataset_sha256": sha, "wall_s": wall_s})
+    out = tmp_path / "docs"
+    cfg = ReportConfig(
+        results=str(results), hparams=str(hparams), out=str(out), fractions="0.1,0.5",
+        tuning_results=str(tmp_path / "tuning" / "{game}.jsonl"),
+    )  # fmt: skip
+    make_report(cfg)
+    page = (out / "README.md").read_text()
+    # 12 pong runs (0.75 h) and 2 breakout ones (1 min each): 0.8 h of grid, 1.5 h of search.
+    assert "pong 2 runs, 1.5 process-hours. Grid and searches together: 2.3 process-hours." in page
+    assert f"--tuning-results {shlex.quote(str(tmp_path / 'tuning' / '{game}.jsonl'))}" in page
 
 
 def test_claim_sentences_follow_the_numbers(write_hparams, tmp_path) -> None:

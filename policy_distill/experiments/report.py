@@ -144,6 +144,10 @@ class ReportConfig:
     """Hand-written markdown placed under "Discussion" after the generated claims (default:
     ``<out>/discussion.md`` when it exists): the explanations numbers cannot generate."""
 
+    tuning_results: str = "docs/tuning/{game}.jsonl"
+    """Each game's hyperparameter-search table ({game} replaced): its runs on the recording the
+    game's entry was tuned on (``tuning_recording_sha256``) count towards the CPU time; a missing
+    table counts as none."""
     capacity_results: str = ""
     """Results table(s) of wider students, comma-separated (``reproduce --hparams`` with a
     ``student_width`` in each entry): the page compares the Sobolev gap at each width."""
@@ -637,6 +641,11 @@ def _commands(summary: Summary, cfg: ReportConfig) -> list[str]:
             + ["--out", cfg.out, "--fractions", cfg.fractions, "--seeds", cfg.seeds]
             + (["--games", cfg.games] if cfg.games else [])
             + (
+                ["--tuning-results", cfg.tuning_results]
+                if cfg.tuning_results != ReportConfig.tuning_results
+                else []
+            )
+            + (
                 ["--capacity-results", cfg.capacity_results, "--capacity-hparams", cfg.capacity_hparams]
                 if cfg.capacity_results
                 else []
@@ -649,7 +658,24 @@ def _commands(summary: Summary, cfg: ReportConfig) -> list[str]:
     return lines
 
 
-def _setup(summary: Summary) -> list[str]:
+def _search_hours(summary: Summary, cfg: ReportConfig) -> list[tuple[str, int, float]]:
+    """Per game with an entry: (game, runs, process-hours) of its search on the recording its
+    entry names, from ``cfg.tuning_results``."""
+    out = []
+    for game, hp in summary.hparams.items():
+        if not hp.tuning_recording_sha256:
+            continue  # an entry written before it named its recording: its search is not known
+        rows = [
+            r
+            for r in read_rows(cfg.tuning_results.replace("{game}", game))
+            if r.get("game") == game and r.get("dataset_sha256") == hp.tuning_recording_sha256
+        ]
+        if rows:
+            out.append((game, len(rows), sum(r.get("wall_s") or 0.0 for r in rows) / 3600))
+    return out
+
+
+def _setup(summary: Summary, cfg: ReportConfig) -> list[str]:
     # Which teacher (and recording) made each game's rows: a figure is traceable to its teacher,
     # and rows of two teachers can never sit in one table unnoticed.
     teachers = Counter(
@@ -701,6 +727,16 @@ def _setup(summary: Summary) -> list[str]:
         "(one process per run; unlike the table, resumed runs are counted, from the step each resumed "
         "at; teacher scoring and recording not included).",
     ]
+    searches = _search_hours(summary, cfg)
+    if searches:
+        hours = sum(h for _, _, h in searches)
+        lines += [
+            "",
+            "Hyperparameter searches (`tune`, on each entry's own recording; from "
+            f"`{cfg.tuning_results}`): "
+            + "; ".join(f"{game} {n} runs, {h:.1f} process-hours" for game, n, h in searches)
+            + f". Grid and searches together: {(total / 3600 + hours):.1f} process-hours.",
+        ]
     return lines
 
 
@@ -742,7 +778,7 @@ def write_page(
             f"{summary.excluded} row(s) made with other hyperparameters than `{cfg.hparams}` are left out.",
             "",
         ]
-    lines += ["## Setup", "", *_setup(summary), "", "## Hyperparameters", ""]
+    lines += ["## Setup", "", *_setup(summary, cfg), "", "## Hyperparameters", ""]
     overridden = [(game, o) for game, hp in summary.hparams.items() for o in hp.overrides]
     lines += [
         f"From `{cfg.hparams}`; "
