@@ -26,6 +26,9 @@ from policy_distill.experiments.report import (
     claim_sentences,
     interval,
     make_report,
+    paired_difference,
+    paired_verdict,
+    sign_test_p,
     t_quantile_975,
 )
 from policy_distill.experiments.sweep import (
@@ -486,9 +489,16 @@ def test_report_writes_page_and_figures_with_intervals(write_hparams, tmp_path) 
     assert 'The same through make: `make reproduce ARGS="..."` and `make report ARGS="..."`' in page
     # Verdicts per fraction: at 0.5 every seed of Sobolev is 0.2 lower (intervals apart), at 0.1
     # the spread of the seeds makes the intervals overlap; breakout has a single seed.
-    assert "| 0.5 | KL: **closer**; action error: **closer** | waiting |" in page
-    assert "| 0.1 | KL: overlap; action error: overlap | KL: one seed; action error: one seed |" in page
+    assert (
+        "| 0.5 | KL: **closer**, paired **closer**; action error: **closer**, paired **closer** | waiting |"
+    ) in page
+    # Paired by seed the shift is exactly 0.2 in every seed, so the same cell resolves.
+    assert (
+        "| 0.1 | KL: overlap, paired **closer**; action error: overlap, paired **closer** | "
+        "KL: one seed, paired one seed; action error: one seed, paired one seed |"
+    ) in page
     assert result["verdicts"]["pong"]["0.5"] == {"kl": "closer", "action_error": "closer"}
+    assert result["paired_verdicts"]["pong"]["0.1"] == {"kl": "closer", "action_error": "closer"}
     # The explanations: entropy, training against held-out KL (KL only at 0.5: 0.01 vs 0.02).
     assert "| 0.5 | 0.750 | 0.0100 / 0.0200 (2.0x) | 0.0100 / 0.0000 (0.0x) | 1 |" in page
 
@@ -574,6 +584,55 @@ def test_report_adds_the_search_on_each_entrys_own_recording_to_the_cpu_time(wri
     assert f"--tuning-results {shlex.quote(str(tmp_path / 'tuning' / '{game}.jsonl'))}" in page
 
 
+def test_paired_difference_pairs_seeds_and_resolves_what_overlapping_intervals_hide(
+    write_hparams, tmp_path
+) -> None:
+    # The KL-only seeds spread 0.3, 0.4, 0.5 at 0.1; each Sobolev seed is its twin minus 0.1 plus a
+    # little noise: the per-method intervals overlap, the seed-by-seed differences do not hold 0.
+    rows = synthetic_rows(-0.1)
+    noise = {0: 0.01, 1: -0.01, 2: 0.0}
+    for row in rows:
+        if row["method"] == "sobolev" and row["game"] == "pong" and row["train_fraction"] == 0.1:
+            row["final_action_error"] += noise[row["seed"]]
+    hparams = write_hparams(
+        tmp_path / "hparams.json", pong={"learning_rate": 5e-4, "alpha": 1.0, "steps": 3000, "chosen_by": "x"}
+    )
+
+    def summarise(kept: list[dict], name: str) -> Summary:
+        results = tmp_path / name
+        for row in kept:
+            append_row(results, row)
+        return Summary(latest_rows(read_rows(results)), load_hparams(hparams), "final")
+
+    summary = summarise(rows, "all.jsonl")
+    kl_side, sob_side = (summary.cell("pong", m, 0.1, "action_error") for m in ("kl", "sobolev"))
+    assert sob_side.high > kl_side.low  # the two intervals overlap
+    diff = paired_difference(summary, "pong", 0.1, "action_error")
+    assert diff.values == pytest.approx((0.09, 0.11, 0.1))  # seed by seed, KL only - Sobolev
+    assert diff.half_width == pytest.approx(4.3027 * 0.01 / math.sqrt(3))
+    assert paired_verdict(diff) == "closer"
+    # Only the seeds both methods have are paired, seed with seed: without Sobolev's seed 0, KL
+    # only's seeds 1 and 2 are set against Sobolev's seeds 1 and 2 (not its seeds 0 and 1).
+    gap = summarise([r for r in rows if (r["method"], r.get("seed")) != ("sobolev", 0)], "gap.jsonl")
+    assert paired_difference(gap, "pong", 0.1, "action_error").values == pytest.approx((0.11, 0.1))
+    reversed_diff = interval([-v for v in diff.values])
+    assert paired_verdict(reversed_diff) == "further"
+    assert paired_verdict(interval([0.1, -0.05, 0.02])) == "not resolved"
+    assert paired_verdict(interval([0.1])) == "one seed" and paired_verdict(None) is None
+
+
+@pytest.mark.parametrize("total", [1, 2, 5, 6, 9])
+def test_sign_test_p_is_the_share_of_coin_flip_outcomes_with_as_many_wins(total: int) -> None:
+    import itertools
+
+    outcomes = list(itertools.product((0, 1), repeat=total))
+    for favouring in range(total + 1):
+        share = sum(sum(o) >= favouring for o in outcomes) / len(outcomes)
+        assert sign_test_p(favouring, total) == pytest.approx(share)
+    with pytest.raises(ValueError, match="favouring must be in"):
+        sign_test_p(total + 1, total)
+
+
 def test_claim_sentences_follow_the_numbers(write_hparams, tmp_path) -> None:
     _, page, summary = write_report(tmp_path / "lower", sobolev_shift=-0.1, write_hparams=write_hparams)
     sentences = " ".join(claim_sentences(summary, "pong"))
@@ -584,6 +643,8 @@ def test_claim_sentences_follow_the_numbers(write_hparams, tmp_path) -> None:
     # KL-only 0.4 vs Sobolev 0.3 at 0.1 (+25%); 0.2 vs 0.1 at 0.5 (+50%): the gap is not wider at 0.1.
     assert "+25.0% at the smallest fraction (0.1) and +50.0% at the largest (0.5)" in sentences
     assert "partly consistent" in sentences
+    assert "Sobolev's mean would be lower at 2 or more of 2 fractions with probability 0.25" in sentences
+    assert "Paired by seed, the difference's 95% interval lies above 0 at 2 (0.1, 0.5)." in sentences
     assert (
         "not wider at the smallest fraction than at the largest on held-out action-prediction error "
         "(+25.0% at 0.1 against +50.0% at 0.5) and on held-out KL (+25.0% at 0.1 against +50.0% at 0.5)."
@@ -594,6 +655,8 @@ def test_claim_sentences_follow_the_numbers(write_hparams, tmp_path) -> None:
     sentences = " ".join(claim_sentences(summary, "pong"))
     assert "Sobolev's mean is lower than KL-only's at 0 of 2 fractions (none)" in sentences
     assert "-25.0% at the smallest fraction" in sentences and "not consistent with the paper" in sentences
+    assert "lies above 0 at 0 (none) and below 0 at 2 (0.1, 0.5)." in sentences
+    assert "KL-only's mean would be lower at 2 or more of 2 fractions with probability 0.25" in sentences
     assert "lower than KL-only's at 2 of 2" not in page
 
 

@@ -58,6 +58,9 @@ METRIC_LABELS = {
     "grad_rel_l2": "gradient relative L2 error",
     "score_mean": "game score",
 }
+# KL spans an order of magnitude across fractions (Breakout: 0.9 at 1%, 0.05 at 80%); on a linear
+# axis the high-data cells, where the methods are closest, would be flat lines.
+LOG_Y_METRICS = ("kl",)
 SHORT_LABELS = {"action_error": "action error", "kl": "KL", "grad_cosine": "cosine", "grad_rel_l2": "rel. L2"}
 
 # Two-sided 95% quantiles t(0.975, df) of Student's t distribution, df = 1..30 (standard
@@ -235,8 +238,9 @@ def _gap(kl: Interval, sob: Interval) -> float | None:
 
 def claims(summary: Summary, game: str) -> dict[str, Any]:
     """Per metric (action error, KL): the fractions where Sobolev's mean is lower, where its
-    interval lies wholly below KL-only's, and the relative gaps at the smallest and largest
-    fraction measured for both methods."""
+    interval lies wholly below KL-only's, where the seed-by-seed difference resolves either way,
+    the sign test of the lower means across fractions, and the relative gaps at the smallest and
+    largest fraction measured for both methods."""
     out: dict[str, Any] = {}
     for metric in ("action_error", "kl"):
         pairs = []
@@ -247,6 +251,7 @@ def claims(summary: Summary, game: str) -> dict[str, Any]:
         if not pairs:
             continue
         lower = [f for f, kl, sob in pairs if sob.mean < kl.mean]
+        paired = {f: paired_verdict(paired_difference(summary, game, f, metric)) for f, _, _ in pairs}
         apart = [
             f
             for f, kl, sob in pairs
@@ -259,6 +264,10 @@ def claims(summary: Summary, game: str) -> dict[str, Any]:
             "gap_smallest": _gap(pairs[0][1], pairs[0][2]),
             "gap_largest": _gap(pairs[-1][1], pairs[-1][2]),
             "min_seeds": min(min(kl.n, sob.n) for _, kl, sob in pairs),
+            "paired_closer": [f for f, v in paired.items() if v == "closer"],
+            "paired_further": [f for f, v in paired.items() if v == "further"],
+            # The fractions are separate runs, so under "no difference" each is a fair coin.
+            "sign_test_p": sign_test_p(len(lower), len(pairs)),
         }
     return out
 
@@ -291,9 +300,25 @@ def claim_sentences(summary: Summary, game: str) -> list[str]:
                 f" Its 95% interval lies wholly below KL-only's at {len(c['sobolev_interval_below'])} of "
                 f"{len(fr)} ({_fracs(c['sobolev_interval_below'])})."
             )
+            sentence += (
+                f" Paired by seed, the difference's 95% interval lies above 0 at {len(c['paired_closer'])} "
+                f"({_fracs(c['paired_closer'])})"
+                + (
+                    f" and below 0 at {len(c['paired_further'])} ({_fracs(c['paired_further'])})"
+                    if c["paired_further"]
+                    else ""
+                )
+                + "."
+            )
         else:
             sentence += " Some of these cells have a single seed, so no interval is compared."
         if len(fr) > 1:
+            sobolev_ahead = 2 * len(lower) >= len(fr)
+            ahead, side = (len(lower), "Sobolev's") if sobolev_ahead else (len(others), "KL-only's")
+            sentence += (
+                f" Were the methods alike, {side} mean would be lower at {ahead} or more of {len(fr)} "
+                f"fractions with probability {sign_test_p(ahead, len(fr)):.2g} (one-sided sign test)."
+            )
             sentence += (
                 f" Relative gap (KL-only − Sobolev) / KL-only: {_pct(c['gap_smallest'])} at the smallest "
                 f"fraction ({fr[0]:g}) and {_pct(c['gap_largest'])} at the largest ({fr[-1]:g})."
@@ -373,6 +398,47 @@ def cell_verdict(summary: Summary, game: str, fraction: float, metric: str) -> s
     return "overlap"
 
 
+def paired_difference(summary: Summary, game: str, fraction: float, metric: str) -> Interval | None:
+    """KL-only minus Sobolev, seed by seed, over the seeds both methods have at this cell: its mean
+    and 95% t-interval. Positive where the Sobolev student is closer to the teacher.
+
+    Seed s starts both methods from the same initial weights and the same first minibatch (their
+    later minibatches differ: the Sobolev term draws its directions from the same generator), and
+    the seeds are independent draws, so the differences are an independent sample whatever the
+    pairing shares. Seed-to-seed spread common to both methods cancels in them, which is why this
+    interval can resolve a difference that two overlapping per-method intervals do not."""
+    by_seed = {m: {r["seed"]: r for r in summary.runs(game, m, fraction)} for m in METHODS}
+    field = f"{summary.which}_{metric}"
+    values = [
+        by_seed["kl"][s][field] - by_seed["sobolev"][s][field]
+        for s in sorted(by_seed["kl"].keys() & by_seed["sobolev"].keys())
+        if by_seed["kl"][s].get(field) is not None and by_seed["sobolev"][s].get(field) is not None
+    ]
+    return interval(values) if values else None
+
+
+def paired_verdict(diff: Interval | None) -> str | None:
+    """``closer`` / ``further`` where the paired interval lies wholly above / below 0, ``not
+    resolved`` where it holds 0, ``one seed`` without an interval, None without pairs."""
+    if diff is None:
+        return None
+    if diff.half_width is None:
+        return "one seed"
+    if diff.low > 0:
+        return "closer"
+    if diff.high < 0:
+        return "further"
+    return "not resolved"
+
+
+def sign_test_p(favouring: int, total: int) -> float:
+    """One-sided sign test: the probability that ``favouring`` or more of ``total`` independent
+    comparisons favour one side when each is a fair coin (no difference between the methods)."""
+    if not 0 <= favouring <= total:
+        raise ValueError(f"favouring must be in 0..{total}, got {favouring}")
+    return sum(math.comb(total, k) for k in range(favouring, total + 1)) / 2**total
+
+
 def _verdict_table(summary: Summary, games: Sequence[str]) -> list[str]:
     """Fractions x games: where Sobolev students are closer to the teacher than KL-only ones."""
     fractions = sorted({f for g in games for f in summary.fractions(g)})
@@ -380,15 +446,45 @@ def _verdict_table(summary: Summary, games: Sequence[str]) -> list[str]:
     for f in fractions:
         cells = []
         for game in games:
-            parts = [
-                f"{SHORT_LABELS[m]}: **{v}**" if v in ("closer", "further") else f"{SHORT_LABELS[m]}: {v}"
-                for m in ("kl", "action_error")
-                for v in [cell_verdict(summary, game, f, m)]
-                if v is not None
-            ]
+            parts = []
+            for m in ("kl", "action_error"):
+                unpaired = cell_verdict(summary, game, f, m)
+                paired = paired_verdict(paired_difference(summary, game, f, m))
+                if unpaired is not None:
+                    parts.append(
+                        f"{SHORT_LABELS[m]}: {_bold_resolved(unpaired)}"
+                        + (f", paired {_bold_resolved(paired)}" if paired is not None else "")
+                    )
             cells.append("; ".join(parts) or "waiting")
         lines.append(f"| {f:g} | " + " | ".join(cells) + " |")
     return lines
+
+
+def _paired_table(summary: Summary, games: Sequence[str]) -> list[str]:
+    """Per game and fraction: the seed-by-seed differences behind the paired verdicts."""
+    lines = [
+        "| game | fraction | seeds paired | KL: KL only − Sobolev | action error: KL only − Sobolev |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for game in games:
+        for f in summary.fractions(game):
+            diffs = [paired_difference(summary, game, f, m) for m in ("kl", "action_error")]
+            if diffs[0] is None:
+                continue
+            cells = [_bold_resolved_value(d) for d in diffs]
+            lines.append(f"| {game} | {f:g} | {diffs[0].n} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _bold_resolved_value(diff: Interval | None) -> str:
+    if diff is None:
+        return "n/a"
+    text = fmt(diff, digits=3)
+    return f"**{text}**" if paired_verdict(diff) in ("closer", "further") else text
+
+
+def _bold_resolved(verdict: str) -> str:
+    return f"**{verdict}**" if verdict in ("closer", "further") else verdict
 
 
 def _mean_of(runs: Sequence[dict[str, Any]], field: str) -> float | None:
@@ -464,7 +560,7 @@ def _plot(
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import NullLocator
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullLocator
 
     fig, axes = plt.subplots(
         len(metrics), len(games), figsize=(3.4 * len(games) + 0.6, 2.8 * len(metrics) + 0.6), squeeze=False
@@ -488,6 +584,13 @@ def _plot(
                         ax.errorbar(x, c.mean, yerr=c.half_width, fmt="o", color=COLOURS[method], capsize=3)
                     ax.plot([x] * c.n, c.values, ".", color="k", markersize=2, alpha=0.5)
             ticks = sorted(set(fractions) | set(summary.fractions(game)))
+            if metric in LOG_Y_METRICS:
+                ax.set_yscale("log", nonpositive="clip")  # an interval reaching below 0 is cut off
+                # Ticks at 1, 2 and 5 of each decade, written 0.05 rather than 5x10^-2.
+                ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+                ax.yaxis.set_minor_locator(NullLocator())
+                ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _pos: f"{value:g}"))
+                ax.tick_params(axis="y", labelsize=7)
             ax.set_xscale("log")
             ax.set_xticks(ticks, [f"{f:g}" for f in ticks], fontsize=7)
             ax.xaxis.set_minor_locator(NullLocator())
@@ -841,9 +944,9 @@ def write_page(
     figures = (
         (
             "![Figure 4 layout](figure4.png)",
-            "Held-out action-prediction error (top) and KL (bottom) against the training fraction; grey "
-            "KL only, blue Sobolev; error bars 95% t-intervals over seeds, open markers single seeds, "
-            "black dots the seeds.",
+            "Held-out action-prediction error (top) and KL (bottom, log scale) against the training "
+            "fraction; grey KL only, blue Sobolev; error bars 95% t-intervals over seeds, open markers "
+            "single seeds, black dots the seeds.",
             ("action_error", "kl"),
         ),
         (
@@ -872,7 +975,8 @@ def write_page(
         "",
         "Claim tested: Sobolev-trained students reach lower held-out action-prediction error and KL "
         "than KL-only students, with the largest advantage when little data is available. Generated "
-        "from the table above; a lower mean with overlapping intervals is not evidence of a difference.",
+        "from the table above; a lower mean with overlapping intervals is not by itself evidence of a "
+        "difference, so the seed-by-seed differences and a sign test across fractions are given too.",
         "",
     ]
     for game in summary.games:
@@ -887,10 +991,19 @@ def write_page(
             "### Verdict per game and fraction",
             "",
             "Sobolev students against KL-only ones on held-out KL and action error: **closer** or "
-            "**further** where the 95% intervals lie apart, overlap where they do not (no resolved "
-            "difference).",
+            "**further** where the two methods' 95% intervals lie apart, overlap where they do not (no "
+            "resolved difference); then paired: **closer** or **further** where the 95% interval of "
+            "the seed-by-seed difference (KL only − Sobolev, table below) lies wholly above or below 0, "
+            "not resolved where it holds 0. Each paired interval is a test at the 5% level: with two "
+            "metrics at six fractions, 0.6 of a game's 12 would come out resolved on average were the "
+            "methods alike.",
             "",
             *_verdict_table(summary, judged),
+            "",
+            "Seed-by-seed differences, KL only − Sobolev (positive: the Sobolev student is closer), mean "
+            "± 95% t-interval over the seeds both methods have:",
+            "",
+            *_paired_table(summary, judged),
             "",
             "### What could explain it",
             "",
@@ -982,6 +1095,13 @@ def make_report(cfg: ReportConfig) -> dict[str, Any]:
         }
         for g in verdicts
     }
+    paired = {
+        g: {
+            f"{f:g}": {m: paired_verdict(paired_difference(summary, g, f, m)) for m in ("kl", "action_error")}
+            for f in summary.fractions(g)
+        }
+        for g in verdicts
+    }
     print(f"wrote {out / 'README.md'}, figure4.png, gradient_fidelity.png ({len(summary.students)} runs)")
     return {
         "page": str(out / "README.md"),
@@ -991,4 +1111,5 @@ def make_report(cfg: ReportConfig) -> dict[str, Any]:
         "excluded_rows": summary.excluded,
         "claims": verdicts,
         "verdicts": per_fraction,
+        "paired_verdicts": paired,
     }
