@@ -310,6 +310,18 @@ def _report_configs() -> tuple[type, ...]:
     return (ReportConfig,)
 
 
+def _by_entropy_configs() -> tuple[type, ...]:
+    from policy_distill.experiments.by_entropy import ByEntropyConfig
+
+    return (ByEntropyConfig,)
+
+
+def cmd_by_entropy(cfg: Any) -> dict[str, Any]:
+    from policy_distill.experiments.by_entropy import measure_by_entropy
+
+    return measure_by_entropy(cfg)
+
+
 def _export_student_configs() -> tuple[type, ...]:
     from policy_distill.export import ExportStudentConfig
 
@@ -421,6 +433,13 @@ COMMANDS = (
         "write docs/reproduce/README.md and figures from reproduce's results",
         _report_configs,
         cmd_report,
+    ),
+    Command(
+        "by-entropy",
+        "measure the grid's final students per teacher-entropy bin of their held-out frames",
+        _by_entropy_configs,
+        cmd_by_entropy,
+        on_interrupt="interrupted; run the same command again: measured runs are skipped",
     ),
     Command(
         "regression-benchmark",

@@ -404,6 +404,13 @@ def train_step(
     return reported
 
 
+def held_out_eval_indices(test_idx: np.ndarray, eval_frames: int) -> np.ndarray:
+    """The held-out samples a run's action error and KL are measured on: up to ``eval_frames``
+    evenly spaced samples of ``test_idx`` (``[N] int64``), first and last included."""
+    spaced = np.linspace(0, len(test_idx) - 1, min(eval_frames, len(test_idx))).astype(np.int64)
+    return test_idx[spaced]
+
+
 class HeldOutEvaluator:
     """Held-out metrics of a student on fixed frames of the test (or validation) split.
 
@@ -420,9 +427,8 @@ class HeldOutEvaluator:
         cfg: DistillConfig,
         device: torch.device,
     ) -> None:
-        spaced = np.linspace(0, len(test_idx) - 1, min(cfg.eval_frames, len(test_idx))).astype(np.int64)
         self.store = store
-        self.eval_idx = torch.from_numpy(test_idx[spaced]).to(device)
+        self.eval_idx = torch.from_numpy(held_out_eval_indices(test_idx, cfg.eval_frames)).to(device)
         fid_pick = torch.linspace(0, len(self.eval_idx) - 1, min(cfg.fidelity_frames, len(self.eval_idx)))
         self.fid_x, self.fid_teacher_logp = store.batch(self.eval_idx[fid_pick.long()])
         self.fid_teacher_jac = torch.cat(  # [A, F, 4, 84, 84], in chunks to bound memory

@@ -70,8 +70,9 @@ def kl_divergence(
     *,
     direction: KLDirection = "student_teacher",
     temperature: float = 1.0,
+    per_sample: bool = False,
 ) -> Tensor:
-    """Mean KL divergence between two categorical policies.
+    """Mean KL divergence between two categorical policies (``per_sample``: one per row).
 
     ``student_teacher`` (the paper's, section 4.2):
         KL(pi || pi*) = (1/B) sum_b sum_a pi(a|s_b) (log pi(a|s_b) - log pi*(a|s_b))
@@ -85,7 +86,7 @@ def kl_divergence(
         teacher_logp: ``[B, A]`` log-probabilities of the teacher (no gradient flows to it).
 
     Returns:
-        Scalar: the mean over the batch of the per-sample KL (>= 0).
+        Scalar: the mean over the batch of the per-sample KL (>= 0); ``[B]`` with ``per_sample``.
     """
     if temperature != 1.0:
         student_logp = torch.log_softmax(student_logp / temperature, dim=-1)
@@ -97,8 +98,8 @@ def kl_divergence(
         p_logp, q_logp = teacher_logp, student_logp
     else:
         raise ValueError(f"unknown KL direction {direction!r}")
-    per_sample = (p_logp.exp() * (p_logp - q_logp)).sum(dim=-1)
-    return per_sample.mean()
+    kl = (p_logp.exp() * (p_logp - q_logp)).sum(dim=-1)
+    return kl if per_sample else kl.mean()
 
 
 def sample_unit_sphere(

@@ -4,10 +4,19 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from policy_distill.losses import LogProbFn, input_jacobian, kl_divergence
+
+
+def policy_entropy(log_probs: np.ndarray) -> np.ndarray:
+    """``[N, A]`` log-probabilities (a recording's teacher policy) -> ``[N]`` entropies in nats,
+    computed in float64 with 0 log 0 = 0."""
+    logp = np.asarray(log_probs, dtype=np.float64)
+    p = np.exp(logp)
+    return -np.where(p > 0, p * logp, 0.0).sum(axis=1)
 
 
 @torch.no_grad()

@@ -57,6 +57,11 @@ def test_kl_of_a_policy_with_itself_is_zero_and_otherwise_positive(torch_gen, di
         expected = F.kl_div(second, first, log_target=True, reduction="batchmean").item()
         assert got == pytest.approx(expected, rel=1e-5)
         assert abs(expected - kl_divergence(p, q, direction=direction).item()) > 0.01  # T matters here
+    # Per sample: row b's KL alone, as F.kl_div gives it summed over actions without the batch mean.
+    rows = kl_divergence(p, q, direction=direction, per_sample=True)
+    first, second = (p, q) if direction == "student_teacher" else (q, p)
+    expected_rows = F.kl_div(second, first, log_target=True, reduction="none").sum(-1)
+    assert rows.shape == (len(p),) and torch.allclose(rows, expected_rows, rtol=1e-5, atol=1e-7)
 
 
 def test_kl_matches_the_definition_and_directions_differ(torch_gen) -> None:

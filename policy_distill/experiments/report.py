@@ -18,7 +18,6 @@ sentences are computed from the numbers in the table.
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import math
 import shlex
@@ -35,17 +34,15 @@ from policy_distill.experiments.sweep import (
     DEFAULT_FRACTIONS,
     DEFAULT_HPARAMS,
     DEFAULT_RESULTS,
-    KEY_FIELDS,
     METHODS,
     GameHparams,
     SweepConfig,
-    cell_key,
     latest_rows,
     load_hparams,
     parse_fractions,
     parse_seeds,
     read_rows,
-    row_key,
+    rows_of_hparams,
 )
 from policy_distill.settings import game_info
 
@@ -158,6 +155,9 @@ class ReportConfig:
     """The hyperparameter file those wider students were trained with (needed with
     capacity_results)."""
 
+    entropy_bins: str = ""
+    """The table of ``policy_distill by-entropy`` (default: ``<out>/by_entropy.jsonl`` when it
+    exists): the final students' held-out KL per bin of the teacher's entropy."""
     preface: str = ""
     """Hand-written markdown placed under the title (default: ``<out>/preface.md`` when it
     exists): what a reader must know first, e.g. that a page was made with an earlier teacher."""
@@ -180,6 +180,9 @@ class ReportConfig:
     def discussion_path(self) -> Path:
         return Path(self.discussion) if self.discussion else Path(self.out) / "discussion.md"
 
+    def entropy_bins_path(self) -> Path:
+        return Path(self.entropy_bins) if self.entropy_bins else Path(self.out) / "by_entropy.jsonl"
+
     def preface_path(self) -> Path:
         return Path(self.preface) if self.preface else Path(self.out) / "preface.md"
 
@@ -192,19 +195,7 @@ class Summary:
 
     def __init__(self, rows: Sequence[dict[str, Any]], hparams: dict[str, GameHparams], which: str) -> None:
         self.which = which
-        students = [r for r in rows if r.get("method") in METHODS]
-        self.excluded = 0
-        kept = []
-        for r in students:
-            hp = hparams.get(r["game"])
-            if hp is not None and hp.precision == "auto":  # rows carry the precision it resolved to
-                hp = dataclasses.replace(hp, precision=row_key(r)[KEY_FIELDS.index("precision")])
-            if hp is not None and row_key(r) != cell_key(
-                r["game"], r["method"], r["train_fraction"], r["seed"], hp
-            ):
-                self.excluded += 1  # made with other hyperparameters than the file's
-                continue
-            kept.append(r)
+        kept, self.excluded = rows_of_hparams(rows, hparams)
         self.students = kept
         self.teachers = [r for r in rows if r.get("method") == "teacher"]
         self.hparams = hparams
@@ -516,6 +507,78 @@ def _explanation_table(summary: Summary, game: str) -> list[str]:
     return lines
 
 
+def _entropy_section(summary: Summary, cfg: ReportConfig, games: Sequence[str]) -> list[str]:
+    """The by-entropy tables of the games measured, from rows of the runs on this page only."""
+    path = cfg.entropy_bins_path()
+    if not path.is_file():
+        return []
+    if summary.which != "final":
+        return [f"(`{path}` measures the final students; this page shows `{summary.which}` metrics.)", ""]
+    from policy_distill.experiments.by_entropy import read_bins
+
+    runs = {(r["run_dir"], r["finished_at"]): r for r in summary.students}
+    measured = [b for b in read_bins(path) if (b["run_dir"], b["finished_at"]) in runs]
+    stale = len(read_bins(path)) - len(measured)
+    lines = [
+        "**By the teacher's entropy on the frame.** Each final student measured again on its held-out "
+        "frames (the row's, giving back its held-out KL), with the frames split into bins of the "
+        "teacher's policy entropy (quantiles over the game's recording, equal shares of its frames; "
+        "nats). Cells: mean held-out KL over seeds, KL only → Sobolev, and the relative gap; last "
+        "row: the seed pairs where the Sobolev student has the lower KL in that bin, over all "
+        "fractions, with the one-sided sign test's probability were the methods alike. From "
+        f"`{path}`, written by `python -m policy_distill by-entropy`"
+        + (
+            f"; {stale} row(s) of runs not on this page (redone, or other hyperparameters) left out."
+            if stale
+            else "."
+        ),
+        "",
+    ]
+    for game in games:
+        rows = [b for b in measured if b["game"] == game]
+        if rows:
+            lines += [f"**{game}**", "", *_entropy_table(rows), ""]
+    return lines
+
+
+def _entropy_table(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """One game's by-entropy rows -> fractions x bins, KL only → Sobolev, and the pair counts."""
+    edges = rows[0]["bin_edges"]
+    if any(r["bin_edges"] != edges for r in rows):
+        return [
+            "Bin edges differ between its rows (two recordings?): run `by-entropy` again into a new table."
+        ]
+    names = [f"< {edges[0]:.2f}"]
+    names += [f"{lo:.2f}-{hi:.2f}" for lo, hi in zip(edges[:-1], edges[1:])]
+    names += [f"≥ {edges[-1]:.2f}"]
+    lines = ["| fraction | " + " | ".join(names) + " |", "|---:|" + "---:|" * len(names)]
+    wins, pairs = [0] * len(names), [0] * len(names)
+    for f in sorted({r["train_fraction"] for r in rows}):
+        by = {
+            m: {r["seed"]: r for r in rows if r["train_fraction"] == f and r["method"] == m} for m in METHODS
+        }
+        cells = []
+        for b in range(len(names)):
+            means = {m: _mean_of([{"kl": r["kl"][b]} for r in by[m].values()], "kl") for m in METHODS}
+            for seed in by["kl"].keys() & by["sobolev"].keys():
+                kl_only, sobolev = by["kl"][seed]["kl"][b], by["sobolev"][seed]["kl"][b]
+                if kl_only is not None and sobolev is not None:
+                    pairs[b] += 1
+                    wins[b] += sobolev < kl_only
+            if means["kl"] is None or means["sobolev"] is None:
+                cells.append("waiting")
+            else:
+                gap = (means["kl"] - means["sobolev"]) / means["kl"] if means["kl"] else None
+                cells.append(f"{means['kl']:.3g} → {means['sobolev']:.3g} ({_pct(gap)})")
+        lines.append(f"| {f:g} | " + " | ".join(cells) + " |")
+    lines.append(
+        "| Sobolev lower | "
+        + " | ".join(f"{w} of {n} (p {sign_test_p(w, n):.2g})" if n else "n/a" for w, n in zip(wins, pairs))
+        + " |"
+    )
+    return lines
+
+
 def _width_of(runs: Sequence[dict[str, Any]]) -> str:
     widths = sorted({float(r.get("student_width", 1.0)) for r in runs})
     return ", ".join(f"{w:g}" for w in widths) or "n/a"
@@ -728,6 +791,16 @@ def _commands(summary: Summary, cfg: ReportConfig) -> list[str]:
             if episodes:
                 args += ["--score-episodes", str(episodes[-1])]
         lines.append(" ".join(shlex.quote(a) for a in args))
+    bins = cfg.entropy_bins_path()
+    if bins.is_file():  # measures the runs above (their checkpoints), before the page reads it
+        measured = sorted({b["game"] for b in read_rows(bins)} & set(summary.games))
+        lines.append(
+            " ".join(
+                shlex.quote(a)
+                for a in ["python", "-m", "policy_distill", "by-entropy", "--results", cfg.results]
+                + ["--hparams", cfg.hparams, "--games", ",".join(measured), "--out", str(bins)]
+            )
+        )
     lines.append(
         " ".join(
             shlex.quote(a)
@@ -755,6 +828,7 @@ def _commands(summary: Summary, cfg: ReportConfig) -> list[str]:
             )
             + (["--metrics", cfg.metrics] if cfg.metrics != "final" else [])
             + (["--discussion", cfg.discussion] if cfg.discussion else [])
+            + (["--entropy-bins", cfg.entropy_bins] if cfg.entropy_bins else [])
             + (["--preface", cfg.preface] if cfg.preface else [])
         )
     )
@@ -1017,6 +1091,7 @@ def write_page(
         ]
         for game in judged:
             lines += [f"**{game}**", "", *_explanation_table(summary, game), ""]
+        lines += _entropy_section(summary, cfg, judged)
         if wider is not None:
             lines += [
                 "**Student capacity.** Wider students (`student_width`: channels and hidden units "
@@ -1052,7 +1127,7 @@ def make_report(cfg: ReportConfig) -> dict[str, Any]:
         missing = [p for p in _paths(given) if not Path(p).is_file()]
         if missing or (given == cfg.results and not paths):
             raise UserError(f"no results table at {', '.join(missing) or repr(given)}; run `reproduce` first")
-    for name in ("discussion", "preface"):
+    for name in ("discussion", "preface", "entropy_bins"):
         given = getattr(cfg, name)
         if given and not Path(given).is_file():
             raise UserError(f"`{name}` {given}: no such file; write it or leave `{name}` out")

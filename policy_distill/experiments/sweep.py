@@ -494,6 +494,28 @@ def latest_rows(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     return list(by_key.values())
 
 
+def rows_of_hparams(
+    rows: Iterable[dict[str, Any]], hparams: dict[str, GameHparams]
+) -> tuple[list[dict[str, Any]], int]:
+    """The student rows (KL only and Sobolev) made with the hyperparameters ``hparams`` gives their
+    cell, and how many student rows were made with others (left out). Games without an entry
+    are kept whatever their hyperparameters."""
+    kept, excluded = [], 0
+    for r in rows:
+        if r.get("method") not in ("kl", "sobolev"):
+            continue
+        hp = hparams.get(r["game"])
+        if hp is not None and hp.precision == "auto":  # rows carry the precision it resolved to
+            hp = dataclasses.replace(hp, precision=row_key(r)[KEY_FIELDS.index("precision")])
+        if hp is not None and row_key(r) != cell_key(
+            r["game"], r["method"], r["train_fraction"], r["seed"], hp
+        ):
+            excluded += 1
+            continue
+        kept.append(r)
+    return kept, excluded
+
+
 # --- The sweep -------------------------------------------------------------------------------
 
 
@@ -776,19 +798,15 @@ def _teacher_entropies(data: str, fraction: float) -> dict[str, float]:
     """Mean entropy (nats) of the teacher's recorded policy over a cell's training and test
     parts: a teacher that is nearly deterministic leaves little for the KL to teach beyond the
     argmax, one explanation the report tests."""
-    import numpy as np
-
     from policy_distill.dataset import load_dataset
+    from policy_distill.metrics import policy_entropy
 
     dataset = load_dataset(data)
     split = dataset.split(fraction)
-
-    def entropy(idx: np.ndarray) -> float:
-        logp = np.asarray(dataset.log_probs[idx], dtype=np.float64)  # [N, A]
-        p = np.exp(logp)
-        return float(-np.where(p > 0, p * logp, 0.0).sum(1).mean())  # 0 log 0 = 0
-
-    return {"teacher_entropy_train": entropy(split.train), "teacher_entropy_test": entropy(split.test)}
+    return {
+        "teacher_entropy_train": float(policy_entropy(dataset.log_probs[split.train]).mean()),
+        "teacher_entropy_test": float(policy_entropy(dataset.log_probs[split.test]).mean()),
+    }
 
 
 def _score_teacher(
