@@ -21,6 +21,27 @@ from policy_distill.experiments.report import ReportConfig, make_report
 from policy_distill.experiments.sweep import append_row, read_rows, reproduce
 
 
+def report_page(sweep, table: Path, out: Path) -> str:
+    """The report of a tiny sweep (fractions 0.3 and 0.6, seed 0) with the by-entropy ``table``."""
+    make_report(
+        ReportConfig(
+            results=sweep.results, hparams=sweep.hparams, out=str(out), fractions="0.3,0.6", seeds="0",
+            entropy_bins=str(table),
+        )
+    )  # fmt: skip
+    return (out / "README.md").read_text()
+
+
+@pytest.fixture
+def one_run(tiny_sweep_config, write_hparams, tmp_path):
+    """A tiny sweep of one KL-only run (fraction 0.6, seed 0) in ``tmp_path``: its config and row."""
+    write_hparams(tmp_path / "hparams.json")
+    sweep = tiny_sweep_config(tmp_path, fractions="0.6", methods="kl")
+    reproduce(sweep)
+    (row,) = read_rows(sweep.results)
+    return sweep, row
+
+
 def test_bins_hold_equal_shares_and_average_back_to_the_whole(rng: np.random.Generator) -> None:
     entropies = rng.uniform(0.0, 1.8, size=1000)
     values = {"kl": rng.exponential(0.1, size=1000), "action_error": (rng.random(1000) < 0.2).astype(float)}
@@ -64,28 +85,46 @@ def test_each_run_is_measured_once_and_gives_back_its_rows_kl(
     assert len(read_rows(table)) == 4
 
     # The report shows a table per game, counting the seed pairs per bin (one seed, 2 fractions).
-    out = tmp_path / "docs"
-    make_report(
-        ReportConfig(
-            results=sweep.results, hparams=sweep.hparams, out=str(out), fractions="0.3,0.6", seeds="0",
-            entropy_bins=str(table),
-        )
-    )  # fmt: skip
-    page = (out / "README.md").read_text()
+    page = report_page(sweep, table, tmp_path / "docs")
     assert "**By the teacher's entropy on the frame.**" in page
-    counts = page.split("| Sobolev lower | ")[1].split("\n")[0]
-    assert counts.count(" of 2 (p ") == 3  # three bins, two (fraction, seed) pairs each
+    counts = page.split("| Sobolev lower (seed pairs) | ")[1].split("\n")[0]
+    assert counts.count(" | ") == 2  # three bins
     assert f"python -m policy_distill by-entropy --results {sweep.results}" in page
     assert f"--games pong --out {table}" in page and f"--entropy-bins {table}" in page
 
 
-def test_a_checkpoint_that_is_not_the_rows_student_is_refused(
+def test_the_report_counts_pairs_per_bin_and_compares_upper_with_lower_bins(
     tiny_sweep_config, write_hparams, tmp_path
 ) -> None:
     write_hparams(tmp_path / "hparams.json")
-    sweep = tiny_sweep_config(tmp_path, fractions="0.6", methods="kl")
+    sweep = tiny_sweep_config(tmp_path)
     reproduce(sweep)
-    (row,) = read_rows(sweep.results)
+    table = tmp_path / "bins.jsonl"
+    # Hand-made bins for the sweep's runs: KL only 1.0 in every bin; Sobolev equal in the lowest bin,
+    # 10% lower in the next, half in the upper two, so every pair gains more on the upper half.
+    sobolev_kl = {0.3: [1.0, 0.9, 0.5, 0.5], 0.6: [1.0, 0.9, 0.6, 0.4]}
+    for row in read_rows(sweep.results):
+        kl = [1.0] * 4 if row["method"] == "kl" else sobolev_kl[row["train_fraction"]]
+        append_row(
+            table,
+            {
+                "format": "policy-distill/by-entropy-v1",
+                **{k: row[k] for k in ("game", "method", "train_fraction", "seed", "run_dir", "finished_at")},
+                "bin_edges": [0.1, 0.2, 0.3],
+                "frames": [10, 10, 10, 10],
+                "kl": kl,
+                "action_error": [0.1] * 4,
+            },
+        )
+    page = report_page(sweep, table, tmp_path / "docs")
+    assert "| 0.6 | 1 → 1 (+0.0%) | 1 → 0.9 (+10.0%) | 1 → 0.6 (+40.0%) | 1 → 0.4 (+60.0%) |" in page
+    # The lowest bin ties in both pairs (dropped), the others favour Sobolev twice: p = 2 x 1/4.
+    assert "| Sobolev lower (seed pairs) | n/a | 2 of 2 (p 0.5) | 2 of 2 (p 0.5) | 2 of 2 (p 0.5) |" in page
+    assert "Relative gap larger on the upper 2 bins than on the lower 2: 2 of 2 seed pairs" in page
+
+
+def test_a_checkpoint_that_is_not_the_rows_student_is_refused(one_run, tmp_path) -> None:
+    sweep, row = one_run
     cfg = ByEntropyConfig(results=sweep.results, hparams=sweep.hparams, out=str(tmp_path / "bins.jsonl"))
 
     # A later row for the same cell whose KL its checkpoint does not give.
@@ -105,6 +144,30 @@ def test_a_checkpoint_that_is_not_the_rows_student_is_refused(
     ):
         measure_by_entropy(cfg)
     assert not (tmp_path / "bins.jsonl").exists()  # nothing half-written
+
+
+def test_tables_it_cannot_measure_are_refused_before_any_work(one_run, tmp_path) -> None:
+    sweep, row = one_run
+    out = tmp_path / "bins.jsonl"
+    measure_by_entropy(ByEntropyConfig(results=sweep.results, hparams=sweep.hparams, bins=3, out=str(out)))
+    with pytest.raises(UserError, match=r"holds rows of 3 bins, not `bins` 4: pass that, or another `out`"):
+        measure_by_entropy(
+            ByEntropyConfig(results=sweep.results, hparams=sweep.hparams, bins=4, out=str(out))
+        )
+    search = tmp_path / "search.jsonl"  # a tuning table: validation split rows
+    append_row(search, dict(row, validation_fraction=0.1))
+    with pytest.raises(
+        UserError, match="was measured on a validation split or test_data: by-entropy measures"
+    ):
+        measure_by_entropy(ByEntropyConfig(results=str(search), hparams=sweep.hparams, out=str(out)))
+    bare = tmp_path / "bare.jsonl"
+    append_row(bare, {k: v for k, v in row.items() if k != "eval_frames"})
+    with pytest.raises(UserError, match="lacks eval_frames"):
+        measure_by_entropy(ByEntropyConfig(results=str(bare), hparams=sweep.hparams, out=str(out)))
+    teachers_only = tmp_path / "teachers.jsonl"
+    append_row(teachers_only, {"game": "pong", "method": "teacher", "teacher_sha256": "a" * 64})
+    with pytest.raises(UserError, match="no grid rows in"):
+        measure_by_entropy(ByEntropyConfig(results=str(teachers_only), hparams=sweep.hparams, out=str(out)))
 
 
 def test_bad_settings_are_refused_in_their_own_terms(tmp_path) -> None:

@@ -29,6 +29,7 @@ from policy_distill.experiments.report import (
     paired_difference,
     paired_verdict,
     sign_test_p,
+    sign_test_two_sided,
     t_quantile_975,
 )
 from policy_distill.experiments.sweep import (
@@ -631,6 +632,10 @@ def test_sign_test_p_is_the_share_of_coin_flip_outcomes_with_as_many_wins(total:
         assert sign_test_p(favouring, total) == pytest.approx(share)
     with pytest.raises(ValueError, match="favouring must be in"):
         sign_test_p(total + 1, total)
+    for favouring in range(total + 1):  # two-sided: a split at least as uneven, either way
+        uneven = abs(2 * favouring - total)
+        share = sum(abs(2 * sum(o) - total) >= uneven for o in outcomes) / len(outcomes)
+        assert sign_test_two_sided(favouring, total) == pytest.approx(share)
 
 
 def test_claim_sentences_follow_the_numbers(write_hparams, tmp_path) -> None:
@@ -643,7 +648,7 @@ def test_claim_sentences_follow_the_numbers(write_hparams, tmp_path) -> None:
     # KL-only 0.4 vs Sobolev 0.3 at 0.1 (+25%); 0.2 vs 0.1 at 0.5 (+50%): the gap is not wider at 0.1.
     assert "+25.0% at the smallest fraction (0.1) and +50.0% at the largest (0.5)" in sentences
     assert "partly consistent" in sentences
-    assert "Sobolev's mean would be lower at 2 or more of 2 fractions with probability 0.25" in sentences
+    assert "Sign test over the fractions (two-sided, ties dropped): p 0.5, approximate" in sentences
     assert "Paired by seed, the difference's 95% interval lies above 0 at 2 (0.1, 0.5)." in sentences
     assert (
         "not wider at the smallest fraction than at the largest on held-out action-prediction error "
@@ -656,7 +661,7 @@ def test_claim_sentences_follow_the_numbers(write_hparams, tmp_path) -> None:
     assert "Sobolev's mean is lower than KL-only's at 0 of 2 fractions (none)" in sentences
     assert "-25.0% at the smallest fraction" in sentences and "not consistent with the paper" in sentences
     assert "lies above 0 at 0 (none) and below 0 at 2 (0.1, 0.5)." in sentences
-    assert "KL-only's mean would be lower at 2 or more of 2 fractions with probability 0.25" in sentences
+    assert "Sign test over the fractions (two-sided, ties dropped): p 0.5" in sentences
     assert "lower than KL-only's at 2 of 2" not in page
 
 

@@ -242,6 +242,7 @@ def claims(summary: Summary, game: str) -> dict[str, Any]:
         if not pairs:
             continue
         lower = [f for f, kl, sob in pairs if sob.mean < kl.mean]
+        higher = [f for f, kl, sob in pairs if sob.mean > kl.mean]
         paired = {f: paired_verdict(paired_difference(summary, game, f, metric)) for f, _, _ in pairs}
         apart = [
             f
@@ -257,8 +258,10 @@ def claims(summary: Summary, game: str) -> dict[str, Any]:
             "min_seeds": min(min(kl.n, sob.n) for _, kl, sob in pairs),
             "paired_closer": [f for f, v in paired.items() if v == "closer"],
             "paired_further": [f for f, v in paired.items() if v == "further"],
-            # The fractions are separate runs, so under "no difference" each is a fair coin.
-            "sign_test_p": sign_test_p(len(lower), len(pairs)),
+            "sobolev_higher": higher,
+            # Ties dropped. Approximate: the fractions are separate runs, but each seed starts them
+            # all from the same initial weights and their held-out parts overlap.
+            "sign_test_p": sign_test_two_sided(len(lower), len(lower) + len(higher)),
         }
     return out
 
@@ -303,12 +306,11 @@ def claim_sentences(summary: Summary, game: str) -> list[str]:
             )
         else:
             sentence += " Some of these cells have a single seed, so no interval is compared."
-        if len(fr) > 1:
-            sobolev_ahead = 2 * len(lower) >= len(fr)
-            ahead, side = (len(lower), "Sobolev's") if sobolev_ahead else (len(others), "KL-only's")
+        untied = len(lower) + len(c["sobolev_higher"])
+        if untied > 1:
             sentence += (
-                f" Were the methods alike, {side} mean would be lower at {ahead} or more of {len(fr)} "
-                f"fractions with probability {sign_test_p(ahead, len(fr)):.2g} (one-sided sign test)."
+                f" Sign test over the fractions (two-sided, ties dropped): p {c['sign_test_p']:.2g}, "
+                "approximate (a seed starts every fraction from the same weights)."
             )
             sentence += (
                 f" Relative gap (KL-only − Sobolev) / KL-only: {_pct(c['gap_smallest'])} at the smallest "
@@ -395,9 +397,11 @@ def paired_difference(summary: Summary, game: str, fraction: float, metric: str)
 
     Seed s starts both methods from the same initial weights and the same first minibatch (their
     later minibatches differ: the Sobolev term draws its directions from the same generator), and
-    the seeds are independent draws, so the differences are an independent sample whatever the
-    pairing shares. Seed-to-seed spread common to both methods cancels in them, which is why this
-    interval can resolve a difference that two overlapping per-method intervals do not."""
+    the seeds are independent draws, so the differences are an independent sample however
+    strongly the pairing ties the two methods. Where it ties them (a seed good for one method is
+    good for the other) the spread they share cancels and this interval is narrower than the
+    methods' own; where it does not, it is not. It is also a test at the 5% level, where two 95%
+    intervals lying apart is one near the 0.5% level: it can resolve what they do not."""
     by_seed = {m: {r["seed"]: r for r in summary.runs(game, m, fraction)} for m in METHODS}
     field = f"{summary.which}_{metric}"
     values = [
@@ -420,6 +424,14 @@ def paired_verdict(diff: Interval | None) -> str | None:
     if diff.high < 0:
         return "further"
     return "not resolved"
+
+
+def sign_test_two_sided(favouring: int, total: int) -> float:
+    """Two-sided sign test: the probability of a split at least as uneven as ``favouring`` of
+    ``total`` when each comparison is a fair coin, min(1, 2 P(X >= max(k, n - k)))."""
+    if total == 0:
+        return 1.0
+    return min(1.0, 2 * sign_test_p(max(favouring, total - favouring), total))
 
 
 def sign_test_p(favouring: int, total: int) -> float:
@@ -524,8 +536,9 @@ def _entropy_section(summary: Summary, cfg: ReportConfig, games: Sequence[str]) 
         "frames (the row's, giving back its held-out KL), with the frames split into bins of the "
         "teacher's policy entropy (quantiles over the game's recording, equal shares of its frames; "
         "nats). Cells: mean held-out KL over seeds, KL only → Sobolev, and the relative gap; last "
-        "row: the seed pairs where the Sobolev student has the lower KL in that bin, over all "
-        "fractions, with the one-sided sign test's probability were the methods alike. From "
+        "row: the seed pairs (all fractions) where the Sobolev student has the lower KL in that bin, "
+        "ties dropped, with a two-sided sign test; approximate, as a seed starts every fraction "
+        "from the same weights and the bins hold the same students. From "
         f"`{path}`, written by `python -m policy_distill by-entropy`"
         + (
             f"; {stale} row(s) of runs not on this page (redone, or other hyperparameters) left out."
@@ -542,7 +555,9 @@ def _entropy_section(summary: Summary, cfg: ReportConfig, games: Sequence[str]) 
 
 
 def _entropy_table(rows: Sequence[dict[str, Any]]) -> list[str]:
-    """One game's by-entropy rows -> fractions x bins, KL only → Sobolev, and the pair counts."""
+    """One game's by-entropy rows -> fractions x bins, KL only → Sobolev; the seed pairs per bin
+    where Sobolev is lower; and whether its relative gap is larger on the upper bins than on the
+    lower ones, pair by pair (a per-bin count alone cannot say that one bin gains more)."""
     edges = rows[0]["bin_edges"]
     if any(r["bin_edges"] != edges for r in rows):
         return [
@@ -551,20 +566,28 @@ def _entropy_table(rows: Sequence[dict[str, Any]]) -> list[str]:
     names = [f"< {edges[0]:.2f}"]
     names += [f"{lo:.2f}-{hi:.2f}" for lo, hi in zip(edges[:-1], edges[1:])]
     names += [f"≥ {edges[-1]:.2f}"]
+    half = len(names) // 2  # the upper and lower halves; an odd middle bin is in neither
     lines = ["| fraction | " + " | ".join(names) + " |", "|---:|" + "---:|" * len(names)]
-    wins, pairs = [0] * len(names), [0] * len(names)
+    lower, higher = [0] * len(names), [0] * len(names)  # per bin: pairs where Sobolev is lower / higher
+    upper_gains = []  # per pair: mean relative gap on the upper half minus on the lower half
     for f in sorted({r["train_fraction"] for r in rows}):
         by = {
             m: {r["seed"]: r for r in rows if r["train_fraction"] == f and r["method"] == m} for m in METHODS
         }
+        for seed in sorted(by["kl"].keys() & by["sobolev"].keys()):
+            kl_only, sobolev = by["kl"][seed]["kl"], by["sobolev"][seed]["kl"]
+            gaps = [
+                (k - s) / k if k is not None and s is not None and k > 0 else None
+                for k, s in zip(kl_only, sobolev)
+            ]
+            for b, g in enumerate(gaps):
+                lower[b] += g is not None and g > 0
+                higher[b] += g is not None and g < 0
+            if all(g is not None for g in gaps[:half] + gaps[-half:]):
+                upper_gains.append(float(np.mean(gaps[-half:]) - np.mean(gaps[:half])))
         cells = []
         for b in range(len(names)):
             means = {m: _mean_of([{"kl": r["kl"][b]} for r in by[m].values()], "kl") for m in METHODS}
-            for seed in by["kl"].keys() & by["sobolev"].keys():
-                kl_only, sobolev = by["kl"][seed]["kl"][b], by["sobolev"][seed]["kl"][b]
-                if kl_only is not None and sobolev is not None:
-                    pairs[b] += 1
-                    wins[b] += sobolev < kl_only
             if means["kl"] is None or means["sobolev"] is None:
                 cells.append("waiting")
             else:
@@ -572,10 +595,21 @@ def _entropy_table(rows: Sequence[dict[str, Any]]) -> list[str]:
                 cells.append(f"{means['kl']:.3g} → {means['sobolev']:.3g} ({_pct(gap)})")
         lines.append(f"| {f:g} | " + " | ".join(cells) + " |")
     lines.append(
-        "| Sobolev lower | "
-        + " | ".join(f"{w} of {n} (p {sign_test_p(w, n):.2g})" if n else "n/a" for w, n in zip(wins, pairs))
+        "| Sobolev lower (seed pairs) | "
+        + " | ".join(
+            f"{k} of {k + h} (p {sign_test_two_sided(k, k + h):.2g})" if k + h else "n/a"
+            for k, h in zip(lower, higher)
+        )
         + " |"
     )
+    up = sum(g > 0 for g in upper_gains)
+    untied = up + sum(g < 0 for g in upper_gains)
+    if untied:
+        lines += [
+            "",
+            f"Relative gap larger on the upper {half} bins than on the lower {half}: {up} of {untied} seed "
+            f"pairs (two-sided sign test p {sign_test_two_sided(up, untied):.2g}).",
+        ]
     return lines
 
 
@@ -792,8 +826,8 @@ def _commands(summary: Summary, cfg: ReportConfig) -> list[str]:
                 args += ["--score-episodes", str(episodes[-1])]
         lines.append(" ".join(shlex.quote(a) for a in args))
     bins = cfg.entropy_bins_path()
-    if bins.is_file():  # measures the runs above (their checkpoints), before the page reads it
-        measured = sorted({b["game"] for b in read_rows(bins)} & set(summary.games))
+    measured = sorted({b["game"] for b in read_rows(bins)} & set(summary.games)) if bins.is_file() else []
+    if measured:  # measures the runs above (their checkpoints), before the page reads it
         lines.append(
             " ".join(
                 shlex.quote(a)
@@ -1068,9 +1102,9 @@ def write_page(
             "**further** where the two methods' 95% intervals lie apart, overlap where they do not (no "
             "resolved difference); then paired: **closer** or **further** where the 95% interval of "
             "the seed-by-seed difference (KL only − Sobolev, table below) lies wholly above or below 0, "
-            "not resolved where it holds 0. Each paired interval is a test at the 5% level: with two "
-            "metrics at six fractions, 0.6 of a game's 12 would come out resolved on average were the "
-            "methods alike.",
+            "not resolved where it holds 0. Each paired interval is a test at the 5% level: of a game's "
+            f"{2 * len(fractions)} (two metrics at {len(fractions)} fractions), "
+            f"{0.05 * 2 * len(fractions):.2g} would come out resolved on average were the methods alike.",
             "",
             *_verdict_table(summary, judged),
             "",
