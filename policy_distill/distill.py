@@ -89,8 +89,52 @@ from policy_distill.settings import PRECISION_CHOICES, game_info
 from policy_distill.student import STUDENT_FORMAT, StudentArch, StudentNet, student_record
 
 TUNED_ALPHA = {"vjp": 0.01, "jvp": 0.001, "fd": 0.001}
-"""Default ``alpha`` per Sobolev estimator: the lowest validation KL on Pong (train fraction 1.0,
-last 10% held out, 1,500 steps, fp32) among 0.1, 0.01 and 0.001 (docs/estimators.md)."""
+"""Default ``alpha`` per Sobolev estimator other than the game's tuned one: the lowest validation
+KL on Pong (train fraction 1.0, last 10% held out, 1,500 steps, fp32) among 0.1, 0.01 and 0.001
+(docs/estimators.md)."""
+
+
+@dataclass(frozen=True)
+class Tuned:
+    """One method's settings for one game's shipped teacher, chosen on validation splits."""
+
+    learning_rate: float
+    steps: int
+    alpha: float = 0.0
+    sobolev_estimator: str = "vjp"
+
+
+SMALL_FRACTION = 0.1
+"""Training fractions up to this take the small-data choices (tuned at 0.05), larger ones the
+large-data choices (tuned at 0.8), as the grid's hyperparameter file maps them."""
+
+TUNED: dict[str, dict[tuple[str, str], Tuned]] = {
+    # policy_distill tune on data/breakout-tuning (docs/tuning/breakout.md).
+    "breakout": {
+        ("small", "kl"): Tuned(4e-3, 4000),
+        ("small", "sobolev"): Tuned(4e-3, 5500, 3e-3, "vjp"),
+        ("large", "kl"): Tuned(2e-3, 4000),
+        ("large", "sobolev"): Tuned(2e-3, 5500, 1e-3, "vjp"),
+    },
+    # On data/space_invaders-tuning (docs/tuning/space_invaders.md); the large Sobolev budget is
+    # the search's cap, still improving there.
+    "space_invaders": {
+        ("small", "kl"): Tuned(8e-3, 2000),
+        ("small", "sobolev"): Tuned(4e-3, 5500, 0.01, "fd"),
+        ("large", "kl"): Tuned(2e-3, 4500),
+        ("large", "sobolev"): Tuned(4e-3, 6000, 3e-3, "fd"),
+    },
+    # Chosen for the Pong teacher shipped before session 11 (docs/tuning/pong-interim-teacher.md),
+    # until the search for today's (docs/tuning/pong.md) is finished.
+    "pong": {
+        (size, method): Tuned(1e-3, 3000, 0.01 if method == "sobolev" else 0.0, "vjp")
+        for size in ("small", "large")
+        for method in ("kl", "sobolev")
+    },
+}
+"""``distill``'s defaults per game, data size and method: the choices of ``policy_distill tune``
+that ``docs/reproduce/hparams.json`` holds with their evidence (tests/test_distill.py checks that
+the two agree)."""
 
 
 @dataclass(frozen=True)
@@ -132,21 +176,24 @@ class DistillConfig(TrainingSchedule):
     start after the cut (the samples between are unused), or previous, the last one before it
     (the validation part holds at least validation_fraction of the training part: for the small
     training fractions, whose episodes are long against the part; Dataset.split)."""
-    steps: int = 3_000
-    """Optimiser steps (3,000 x 200 frames: ~6.7 passes over a 90K-frame training split)."""
-    learning_rate: float = 1e-3
-    """Adam step size (the paper tuned it per game in [1e-5, 1e-3]; 1e-3 won on Pong's
-    validation split, see docs/tuning/pong-interim-teacher.md)."""
+    steps: int | None = None
+    """Optimiser steps. Default: the game's step budget for the method and data size (``TUNED``:
+    where validation KL stopped improving; Pong 3,000, Breakout 4,000 KL only and 5,500 Sobolev)."""
+    learning_rate: float | None = None
+    """Adam step size. Default: the game's, chosen on validation splits for the method and data
+    size (``TUNED``; the paper tuned it per game in [1e-5, 1e-3]; Pong 1e-3)."""
     alpha: float | None = None
-    """Weight of the Sobolev term; 0 trains on the KL alone. Default: the value chosen for the
-    estimator on Pong's validation split (``TUNED_ALPHA``; docs/estimators.md), because the
-    estimators' terms differ in scale: vjp's is ~100x the KL (input-gradients over 28K pixels)."""
+    """Weight of the Sobolev term; 0 trains on the KL alone. Default: the game's, chosen with its
+    estimator on validation splits for the data size (``TUNED``; Pong 0.01); with another
+    estimator, that estimator's value on Pong (``TUNED_ALPHA``), because the estimators' terms
+    differ in scale: vjp's is ~100x the KL (input-gradients over 28K pixels)."""
     num_projections: int = 1
     """K: random directions v per frame for the Sobolev term."""
     grad_norm: str = "l2"
     """Distance between input-gradients: l2 (the paper's), squared_l2 or l1."""
-    sobolev_estimator: str = "vjp"
-    """How the Sobolev term is estimated: vjp (the paper's: random directions in action space,
+    sobolev_estimator: str | None = None
+    """Default: the game's tuned one (``TUNED``: vjp for Pong and Breakout, fd for Space
+    Invaders). How the Sobolev term is estimated: vjp (the paper's: random directions in action space,
     a teacher VJP and the student's double backward), jvp (random +-1 directions in input
     space, directional derivatives by forward-mode AD, no double backward) or fd (the same
     directions; the teacher's derivative by a finite difference, one more teacher forward, the
@@ -195,9 +242,9 @@ class DistillConfig(TrainingSchedule):
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "game", game_info(self.game).name)
-        check_fields("distillation settings", [one_of(self, "sobolev_estimator", SOBOLEV_ESTIMATORS)])
-        if self.alpha is None:
-            object.__setattr__(self, "alpha", TUNED_ALPHA[self.sobolev_estimator])
+        if self.sobolev_estimator is not None:
+            check_fields("distillation settings", [one_of(self, "sobolev_estimator", SOBOLEV_ESTIMATORS)])
+        self._resolve_tuned_defaults()
         check_fields(
             "distillation settings",
             [
@@ -240,6 +287,23 @@ class DistillConfig(TrainingSchedule):
                 else None,
             ],
         )
+
+    def _resolve_tuned_defaults(self) -> None:
+        """Fill the fields left None from ``TUNED``: the estimator, then alpha (its method), then
+        that method's learning rate and step budget, for this game and data size."""
+        size = "small" if self.train_fraction <= SMALL_FRACTION else "large"
+        tuned = TUNED[self.game]
+        sobolev = tuned[(size, "sobolev")]
+        if self.sobolev_estimator is None:
+            object.__setattr__(self, "sobolev_estimator", sobolev.sobolev_estimator)
+        if self.alpha is None:
+            own = self.sobolev_estimator == sobolev.sobolev_estimator
+            object.__setattr__(self, "alpha", sobolev.alpha if own else TUNED_ALPHA[self.sobolev_estimator])
+        chosen = tuned[(size, "sobolev" if self.alpha > 0 else "kl")]
+        if self.learning_rate is None:
+            object.__setattr__(self, "learning_rate", chosen.learning_rate)
+        if self.steps is None:
+            object.__setattr__(self, "steps", chosen.steps)
 
     @property
     def method(self) -> str:

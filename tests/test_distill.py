@@ -317,6 +317,40 @@ def test_previous_boundary_validation_and_a_training_part_inside_one_episode(
         tiny_distill_config(validation_boundary="before")
 
 
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("fraction", [0.01, 0.05, 0.1, 0.3, 0.5, 0.8])
+def test_defaults_are_the_tuned_choices_of_the_grids_hyperparameter_file(fraction: float) -> None:
+    """``TUNED`` repeats, for distill's defaults, what docs/reproduce/hparams.json holds with its
+    evidence: a new search's entry must change both, or this fails."""
+    from policy_distill.experiments.sweep import load_hparams
+
+    entries = load_hparams(REPO / "docs" / "reproduce" / "hparams.json")
+    assert entries, "no game entry to compare with"
+    for game, entry in entries.items():
+        for method in ("kl", "sobolev"):
+            cell = entry.for_cell(method, fraction)
+            cfg = DistillConfig(
+                game=game, train_fraction=fraction, **({"alpha": 0} if method == "kl" else {})
+            )
+            assert (cfg.learning_rate, cfg.steps, cfg.alpha) == (
+                cell.learning_rate,
+                cell.steps,
+                cell.alpha_for(method),
+            ), (game, method, fraction)
+            if method == "sobolev":
+                assert cfg.sobolev_estimator == cell.sobolev_estimator, (game, fraction)
+
+
+def test_an_explicit_setting_wins_over_the_games_tuned_default() -> None:
+    cfg = DistillConfig(game="breakout", learning_rate=5e-4, steps=100, alpha=0.2, sobolev_estimator="jvp")
+    assert (cfg.learning_rate, cfg.steps, cfg.alpha, cfg.sobolev_estimator) == (5e-4, 100, 0.2, "jvp")
+    # Another estimator than the game's takes that estimator's alpha, the game's learning rate.
+    other = DistillConfig(game="space_invaders", sobolev_estimator="vjp")
+    assert (other.alpha, other.learning_rate) == (TUNED_ALPHA["vjp"], 4e-3)
+
+
 @pytest.mark.parametrize("estimator", ["vjp", "jvp", "fd"])
 def test_alpha_defaults_to_the_value_tuned_for_the_estimator(estimator: str) -> None:
     """The estimators' terms differ in scale, so a user who picks one gets its own alpha; an
