@@ -460,7 +460,7 @@ def test_report_runs_from_a_directory_without_the_default_hparams(
 
 def test_report_writes_page_and_figures_with_intervals(write_hparams, tmp_path) -> None:
     result, page, summary = write_report(tmp_path, sobolev_shift=-0.2, write_hparams=write_hparams)
-    for name in ("figure4.png", "gradient_fidelity.png"):
+    for name in ("figure4.png", "gradient_fidelity.png", "sobolev_gain.png"):
         data = (tmp_path / "docs" / name).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5_000
     assert result["runs"] == 14 and result["excluded_rows"] == 1 and result["teacher_rows"] == 1
@@ -610,6 +610,8 @@ def test_paired_difference_pairs_seeds_and_resolves_what_overlapping_intervals_h
     assert sob_side.high > kl_side.low  # the two intervals overlap
     diff = paired_difference(summary, "pong", 0.1, "action_error")
     assert diff.values == pytest.approx((0.09, 0.11, 0.1))  # seed by seed, KL only - Sobolev
+    relative = paired_difference(summary, "pong", 0.1, "action_error", relative=True)
+    assert relative.values == pytest.approx((0.09 / 0.3, 0.11 / 0.4, 0.1 / 0.5))  # of each seed's KL only
     assert diff.half_width == pytest.approx(4.3027 * 0.01 / math.sqrt(3))
     assert paired_verdict(diff) == "closer"
     # Only the seeds both methods have are paired, seed with seed: without Sobolev's seed 0, KL

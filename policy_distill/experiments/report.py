@@ -1,14 +1,16 @@
 """The reproduction report: ``policy_distill report`` / ``make report``.
 
 Reads the results table(s) written by ``policy_distill reproduce`` and writes
-``docs/reproduce/README.md`` with two figures beside it:
+``docs/reproduce/README.md`` with three figures beside it:
 
 - ``figure4.png``: the layout of the paper's Figure 4 (Czarnecki et al. 2017, section 4.2):
   held-out action-prediction error and held-out KL against the training fraction (log axis),
   KL-only against Sobolev students, one column per game; the mean over seeds with a 95%
   Student-t interval (mean ± t(0.975, n-1) s / sqrt(n), s the sample std over n seeds);
 - ``gradient_fidelity.png``: cosine and relative L2 error between the students' and the
-  teacher's input-gradients of log pi, against the fraction.
+  teacher's input-gradients of log pi, against the fraction;
+- ``sobolev_gain.png``: the paper's claim itself, Sobolev's relative gain over KL only, seed by
+  seed, on held-out KL and action error against the fraction, with its 95% t-interval.
 
 The page also gives the game scores at the largest fraction next to the teacher's, the
 hardware and wall time, the hyperparameters with how they were chosen, the commands that
@@ -129,7 +131,7 @@ class ReportConfig:
     hparams: str = DEFAULT_HPARAMS
     """The hyperparameter file the sweep used: its games are expected, its chosen_by is quoted."""
     out: str = "docs/reproduce"
-    """Folder for README.md, figure4.png and gradient_fidelity.png."""
+    """Folder for README.md, figure4.png, gradient_fidelity.png and sobolev_gain.png."""
     fractions: str = DEFAULT_FRACTIONS
     """The expected training fractions; cells without a row are listed as waiting."""
     seeds: str = "0,1,2"
@@ -391,9 +393,12 @@ def cell_verdict(summary: Summary, game: str, fraction: float, metric: str) -> s
     return "overlap"
 
 
-def paired_difference(summary: Summary, game: str, fraction: float, metric: str) -> Interval | None:
+def paired_difference(
+    summary: Summary, game: str, fraction: float, metric: str, *, relative: bool = False
+) -> Interval | None:
     """KL-only minus Sobolev, seed by seed, over the seeds both methods have at this cell: its mean
-    and 95% t-interval. Positive where the Sobolev student is closer to the teacher.
+    and 95% t-interval. Positive where the Sobolev student is closer to the teacher. ``relative``:
+    each seed's difference divided by its KL-only value (seeds whose KL-only value is 0 dropped).
 
     Seed s starts both methods from the same initial weights and the same first minibatch (their
     later minibatches differ: the Sobolev term draws its directions from the same generator), and
@@ -404,11 +409,12 @@ def paired_difference(summary: Summary, game: str, fraction: float, metric: str)
     intervals lying apart is one near the 0.5% level: it can resolve what they do not."""
     by_seed = {m: {r["seed"]: r for r in summary.runs(game, m, fraction)} for m in METHODS}
     field = f"{summary.which}_{metric}"
-    values = [
-        by_seed["kl"][s][field] - by_seed["sobolev"][s][field]
+    pairs = [
+        (by_seed["kl"][s][field], by_seed["sobolev"][s][field])
         for s in sorted(by_seed["kl"].keys() & by_seed["sobolev"].keys())
         if by_seed["kl"][s].get(field) is not None and by_seed["sobolev"][s].get(field) is not None
     ]
+    values = [(k - sob) / k if relative else k - sob for k, sob in pairs if k or not relative]
     return interval(values) if values else None
 
 
@@ -649,10 +655,18 @@ def _capacity_table(summary: Summary, wider: Summary) -> list[str]:
 
 
 def _plot(
-    summary: Summary, games: Sequence[str], metrics: Sequence[str], fractions: Sequence[float], title: str
+    summary: Summary,
+    games: Sequence[str],
+    metrics: Sequence[str],
+    fractions: Sequence[float],
+    title: str,
+    *,
+    gain: bool = False,
 ) -> bytes:
     """One column per game, one row per metric: mean over seeds against the fraction (log x),
-    error bars the 95% t-interval, open markers single seeds, dots the seeds."""
+    error bars the 95% t-interval, open markers single seeds, dots the seeds. Per method; or,
+    with ``gain``, Sobolev's relative gain seed by seed (:func:`paired_difference`, relative),
+    against a line at 0."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -665,23 +679,46 @@ def _plot(
     for col, game in enumerate(games):
         for row, metric in enumerate(metrics):
             ax = axes[row][col]
-            for j, method in enumerate(METHODS):
-                cells = [(f, summary.cell(game, method, f, metric)) for f in summary.fractions(game)]
-                cells = [(f, c) for f, c in cells if c is not None]
+            if gain:
+                series = [
+                    (
+                        "Sobolev's gain",
+                        COLOURS["sobolev"],
+                        [
+                            (f, paired_difference(summary, game, f, metric, relative=True))
+                            for f in summary.fractions(game)
+                        ],
+                    )
+                ]
+                ax.axhline(0.0, color=COLOURS["kl"], linewidth=1, label="KL only (no gain)")
+            else:
+                series = [
+                    (
+                        LABELS[m],
+                        COLOURS[m],
+                        [(f, summary.cell(game, m, f, metric)) for f in summary.fractions(game)],
+                    )
+                    for m in METHODS
+                ]
+            for j, (label, colour, found) in enumerate(series):
+                cells = [(f, c) for f, c in found if c is not None]
                 if not cells:
                     continue
                 # Nudge the two methods apart on the log axis so their bars do not overlap.
-                shift = 1.0 + (j - 0.5) * 0.06
+                shift = 1.0 + (j - 0.5) * 0.06 if len(series) > 1 else 1.0
                 xs = [f * shift for f, _ in cells]
-                ax.plot(xs, [c.mean for _, c in cells], "-", color=COLOURS[method], label=LABELS[method])
+                ax.plot(xs, [c.mean for _, c in cells], "-", color=colour, label=label)
                 for x, (_, c) in zip(xs, cells):
                     if c.half_width is None:
-                        ax.plot(x, c.mean, "o", mfc="white", color=COLOURS[method])
+                        ax.plot(x, c.mean, "o", mfc="white", color=colour)
                     else:
-                        ax.errorbar(x, c.mean, yerr=c.half_width, fmt="o", color=COLOURS[method], capsize=3)
+                        ax.errorbar(x, c.mean, yerr=c.half_width, fmt="o", color=colour, capsize=3)
                     ax.plot([x] * c.n, c.values, ".", color="k", markersize=2, alpha=0.5)
             ticks = sorted(set(fractions) | set(summary.fractions(game)))
-            if metric in LOG_Y_METRICS:
+            if gain:
+                ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _pos: f"{100 * value:+.0f}%"))
+                ax.tick_params(axis="y", labelsize=7)
+            elif metric in LOG_Y_METRICS:
                 ax.set_yscale("log", nonpositive="clip")  # an interval reaching below 0 is cut off
                 # Ticks at 1, 2 and 5 of each decade, written 0.05 rather than 5x10^-2.
                 ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
@@ -698,7 +735,12 @@ def _plot(
             if row == len(metrics) - 1:
                 ax.set_xlabel("training fraction of the 100K frames")
             if col == 0:
-                ax.set_ylabel(METRIC_LABELS[metric], fontsize=8)
+                label = (
+                    f"{SHORT_LABELS[metric]}: (KL only − Sobolev) / KL only"
+                    if gain
+                    else METRIC_LABELS[metric]
+                )
+                ax.set_ylabel(label, fontsize=8)
     handles, labels = axes[0][0].get_legend_handles_labels()
     for ax in axes.flat:  # the first panel may be empty
         if handles:
@@ -1087,6 +1129,16 @@ def write_page(
         "difference, so the seed-by-seed differences and a sign test across fractions are given too.",
         "",
     ]
+    if summary.students:
+        lines += [
+            "![Sobolev gain](sobolev_gain.png)",
+            "",
+            "Sobolev's relative gain, (KL only − Sobolev) / KL only, taken seed by seed (both methods of "
+            "a seed start from the same weights) on held-out KL (top) and action error (bottom); above "
+            "0: Sobolev students closer to the teacher. Error bars: 95% t-intervals over seeds; black "
+            "dots: the seeds.",
+            "",
+        ]
     for game in summary.games:
         if summary.fractions(game):
             lines += [f"- {s}" for s in claim_sentences(summary, game)]
@@ -1152,7 +1204,7 @@ def _paths(tables: str) -> list[str]:
 
 
 def make_report(cfg: ReportConfig) -> dict[str, Any]:
-    """Write README.md, figure4.png and gradient_fidelity.png into ``cfg.out``."""
+    """Write README.md, figure4.png, gradient_fidelity.png and sobolev_gain.png into ``cfg.out``."""
     from policy_distill.checkpoint import atomic_write_bytes
 
     fractions, seeds = parse_fractions(cfg.fractions), parse_seeds(cfg.seeds)
@@ -1194,6 +1246,17 @@ def make_report(cfg: ReportConfig) -> dict[str, Any]:
             summary, games, ("grad_cosine", "grad_rel_l2"), fractions, f"Gradient fidelity ({cfg.metrics})"
         ),
     )
+    atomic_write_bytes(
+        out / "sobolev_gain.png",
+        _plot(
+            summary,
+            games,
+            ("kl", "action_error"),
+            fractions,
+            f"Sobolev's gain over KL only, seed by seed ({cfg.metrics})",
+            gain=True,
+        ),
+    )
     page = write_page(summary, cfg, fractions, seeds, wider)
     atomic_write_bytes(out / "README.md", page.encode())
     verdicts = {g: claims(summary, g) for g in summary.games if summary.fractions(g)}
@@ -1211,10 +1274,13 @@ def make_report(cfg: ReportConfig) -> dict[str, Any]:
         }
         for g in verdicts
     }
-    print(f"wrote {out / 'README.md'}, figure4.png, gradient_fidelity.png ({len(summary.students)} runs)")
+    print(
+        f"wrote {out / 'README.md'}, figure4.png, gradient_fidelity.png, sobolev_gain.png "
+        f"({len(summary.students)} runs)"
+    )
     return {
         "page": str(out / "README.md"),
-        "figures": [str(out / "figure4.png"), str(out / "gradient_fidelity.png")],
+        "figures": [str(out / name) for name in ("figure4.png", "gradient_fidelity.png", "sobolev_gain.png")],
         "runs": len(summary.students),
         "teacher_rows": len(summary.teachers),
         "excluded_rows": summary.excluded,
