@@ -13,6 +13,10 @@ TEACHER ?= $(GAME)
 FRAMES ?= 100000
 EPISODES ?= 10
 ARGS ?=
+# The grid's protocol: students of the largest fraction play 20 games each (issue 15), and the
+# page expects all three games, listing one without a hyperparameter entry as waiting.
+SCORE_EPISODES ?= 20
+REPORT_GAMES ?= breakout,space_invaders,pong
 
 .PHONY: help setup test test-all lint format teacher evaluate-teacher collect distill evaluate \
         regression-benchmark benchmark tune reproduce report clean-venv
@@ -75,10 +79,10 @@ tune: setup
 	$(PY) -m policy_distill tune --game $(GAME) $(ARGS)
 
 reproduce: setup
-	$(PY) -m policy_distill reproduce $(ARGS)
+	$(PY) -m policy_distill reproduce --score-episodes $(SCORE_EPISODES) $(ARGS)
 
 report: setup
-	$(PY) -m policy_distill report $(ARGS)
+	$(PY) -m policy_distill report --games $(REPORT_GAMES) $(ARGS)
 
 benchmark: setup
 	$(PY) benchmarks/collection_throughput.py
