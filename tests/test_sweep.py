@@ -656,7 +656,13 @@ def test_claim_sentences_follow_the_numbers(write_hparams, tmp_path) -> None:
         "not wider at the smallest fraction than at the largest on held-out action-prediction error "
         "(+25.0% at 0.1 against +50.0% at 0.5) and on held-out KL (+25.0% at 0.1 against +50.0% at 0.5)."
     ) in sentences
-    assert all(f"- {s}" in page for s in claim_sentences(summary, "pong"))
+    on_page = claim_sentences(summary, "pong", (0.1, 0.5, 0.8), (0, 1, 2))
+    assert all(f"- {s}" in page for s in on_page)
+    # The page expects fraction 0.8 too: its summing-up says the verdict is provisional.
+    assert on_page[-1].endswith("Provisional: 2 of 3 fractions measured.")
+    one_seed = claim_sentences(summary, "pong", (0.1, 0.5), (0, 1, 2, 3))
+    assert one_seed[-1].endswith("Provisional: 2 of 2 fractions measured, some with 3 of 4 seeds.")
+    assert "Provisional" not in claim_sentences(summary, "pong", (0.1, 0.5), (0, 1, 2))[-1]
 
     _, page, summary = write_report(tmp_path / "higher", sobolev_shift=+0.1, write_hparams=write_hparams)
     sentences = " ".join(claim_sentences(summary, "pong"))

@@ -276,8 +276,14 @@ def _pct(x: float | None) -> str:
     return "n/a (KL-only mean is 0)" if x is None else f"{100 * x:+.1f}%"
 
 
-def claim_sentences(summary: Summary, game: str) -> list[str]:
-    """The "Do the paper's claims hold?" sentences of one game, generated from its numbers."""
+def claim_sentences(
+    summary: Summary,
+    game: str,
+    expected_fractions: Sequence[float] = (),
+    expected_seeds: Sequence[int] = (),
+) -> list[str]:
+    """The "Do the paper's claims hold?" sentences of one game, generated from its numbers; the
+    summing-up one is marked provisional while cells of the expected grid are missing."""
     found = claims(summary, game)
     if not found:
         return [f"**{game}**: no fraction has runs of both methods yet; nothing to compare."]
@@ -323,7 +329,16 @@ def claim_sentences(summary: Summary, game: str) -> list[str]:
                 f" Relative gap (KL-only − Sobolev) / KL-only at {fr[0]:g}: {_pct(c['gap_smallest'])}."
             )
         lines.append(sentence)
-    lines.append(_verdict(game, found))
+    verdict = _verdict(game, found)
+    measured = {f for c in found.values() for f in c["fractions"]}
+    missing_fractions = [f for f in expected_fractions if f not in measured]
+    fewest = min(c["min_seeds"] for c in found.values())
+    if missing_fractions or fewest < len(expected_seeds):
+        total = len(set(expected_fractions) | measured)
+        verdict += f" Provisional: {len(measured)} of {total} fractions measured" + (
+            f", some with {fewest} of {len(expected_seeds)} seeds." if fewest < len(expected_seeds) else "."
+        )
+    lines.append(verdict)
     return lines
 
 
@@ -1141,7 +1156,7 @@ def write_page(
         ]
     for game in summary.games:
         if summary.fractions(game):
-            lines += [f"- {s}" for s in claim_sentences(summary, game)]
+            lines += [f"- {s}" for s in claim_sentences(summary, game, fractions, seeds)]
     if not summary.students:
         lines.append("Nothing to judge yet: no runs.")
     judged = [g for g in summary.games if summary.fractions(g)]
