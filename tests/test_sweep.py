@@ -583,6 +583,23 @@ def test_report_adds_the_search_on_each_entrys_own_recording_to_the_cpu_time(wri
     # 12 pong runs (0.75 h) and 2 breakout ones (1 min each): 0.8 h of grid, 1.5 h of search.
     assert "pong 2 runs, 1.5 process-hours. Grid and searches together: 2.3 process-hours." in page
     assert f"--tuning-results {shlex.quote(str(tmp_path / 'tuning' / '{game}.jsonl'))}" in page
+    assert "**alpha.**" not in page  # rows without the search's fields: no alpha table
+
+    # A search's runs at 0.05: KL only 0.3; alpha 1 (the entry's) 0.15 and 0.12 (the lowest of two
+    # learning rates); alpha 0.1 0.33; a budget run, longer, and one on another recording: ignored.
+    def run(alpha: float, kl: float, steps: int = 3000, sha: str = tuned_on) -> dict:
+        method = "sobolev" if alpha else "kl"
+        history = [{"kl": 9.9}, {"kl": kl}]  # the final validation KL is the last
+        return {"game": "pong", "dataset_sha256": sha, "wall_s": 60.0, "train_fraction": 0.05,
+                "steps": steps, "method": method, "alpha": alpha, "history": history}  # fmt: skip
+
+    for row in (run(0.0, 0.3), run(1.0, 0.15), run(1.0, 0.12), run(0.1, 0.33), run(1.0, 0.01, steps=6000),
+                run(0.1, 0.01, sha="d" * 64)):  # fmt: skip
+        append_row(search, row)
+    make_report(cfg)
+    page = (out / "README.md").read_text()
+    assert "| game | fraction | alpha 0.1 | alpha 1 |" in page
+    assert "| pong | 0.05 | +10.0% | **-60.0%** |" in page
 
 
 def test_paired_difference_pairs_seeds_and_resolves_what_overlapping_intervals_hide(

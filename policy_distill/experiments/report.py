@@ -926,21 +926,65 @@ def _commands(summary: Summary, cfg: ReportConfig) -> list[str]:
     return lines
 
 
+def _search_rows(summary: Summary, cfg: ReportConfig, game: str) -> list[dict[str, Any]]:
+    """The rows of ``game``'s search on the recording its entry names (none for an entry written
+    before it named its recording: its search is not known)."""
+    hp = summary.hparams.get(game)
+    if hp is None or not hp.tuning_recording_sha256:
+        return []
+    return [
+        r
+        for r in read_rows(cfg.tuning_results.replace("{game}", game))
+        if r.get("game") == game and r.get("dataset_sha256") == hp.tuning_recording_sha256
+    ]
+
+
 def _search_hours(summary: Summary, cfg: ReportConfig) -> list[tuple[str, int, float]]:
     """Per game with an entry: (game, runs, process-hours) of its search on the recording its
     entry names, from ``cfg.tuning_results``."""
     out = []
-    for game, hp in summary.hparams.items():
-        if not hp.tuning_recording_sha256:
-            continue  # an entry written before it named its recording: its search is not known
-        rows = [
-            r
-            for r in read_rows(cfg.tuning_results.replace("{game}", game))
-            if r.get("game") == game and r.get("dataset_sha256") == hp.tuning_recording_sha256
-        ]
+    for game in summary.hparams:
+        rows = _search_rows(summary, cfg, game)
         if rows:
             out.append((game, len(rows), sum(r.get("wall_s") or 0.0 for r in rows) / 3600))
     return out
+
+
+def _alpha_section(summary: Summary, cfg: ReportConfig) -> list[str]:
+    """Per game and tuned fraction, validation KL at each alpha against KL only, from the search:
+    how much the Sobolev term can buy on that game, and how narrow the window of alpha is."""
+    from policy_distill.experiments.tune import lowest_by_alpha
+
+    found = []  # (game, fraction, {alpha: relative to KL only}, chosen alpha)
+    for game in summary.hparams:
+        needed = ("train_fraction", "steps", "method", "alpha", "history")
+        rows = [r for r in _search_rows(summary, cfg, game) if all(r.get(k) is not None for k in needed)]
+        for f in sorted({r["train_fraction"] for r in rows}):
+            at = [r for r in rows if r["train_fraction"] == f]
+            best = lowest_by_alpha(at, min(r["steps"] for r in at))
+            if 0.0 not in best or len(best) < 2:
+                continue
+            kl_only = best[0.0]["history"][-1]["kl"]
+            gains = {a: (r["history"][-1]["kl"] - kl_only) / kl_only for a, r in best.items() if a > 0}
+            found.append((game, f, gains, summary.hparams[game].for_cell("sobolev", f).alpha))
+    if not found:
+        return []
+    alphas = sorted({a for _, _, gains, _ in found for a in gains})
+    lines = [
+        "**alpha.** From each game's search (on its own recording, never the grid's): at each tuned "
+        "fraction, the lowest final validation KL over learning rates and estimators at each alpha, "
+        "against KL only's (search-length runs); bold the alpha the grid uses. Negative: the Sobolev "
+        "student is closer. A narrow window of helpful alpha makes the gain fragile on new data.",
+        "",
+        "| game | fraction | " + " | ".join(f"alpha {a:g}" for a in alphas) + " |",
+        "|---|---:|" + "---:|" * len(alphas),
+    ]
+    for game, f, gains, chosen in found:
+        cells = [
+            ("**{}**" if a == chosen else "{}").format(_pct(gains[a])) if a in gains else "" for a in alphas
+        ]
+        lines.append(f"| {game} | {f:g} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
 
 
 def _setup(summary: Summary, cfg: ReportConfig) -> list[str]:
@@ -1192,6 +1236,7 @@ def write_page(
         ]
         for game in judged:
             lines += [f"**{game}**", "", *_explanation_table(summary, game), ""]
+        lines += _alpha_section(summary, cfg)
         lines += _entropy_section(summary, cfg, judged)
         if wider is not None:
             lines += [

@@ -740,13 +740,28 @@ def _number(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.4f}"
 
 
-def _alpha_table(cfg: TuneConfig, rows: Sequence[dict[str, Any]]) -> list[str]:
-    """Per alpha, the lowest final validation KL of the search-length runs at one fraction."""
+def runs_by_alpha(rows: Sequence[dict[str, Any]], steps: int) -> dict[float, list[dict[str, Any]]]:
+    """The ``steps``-step runs of one fraction's search (budget runs ran longer) that did not
+    diverge, grouped by alpha (0: KL only)."""
     by_alpha: dict[float, list[dict[str, Any]]] = {}
     for r in rows:
-        if r["steps"] == cfg.steps and not r.get("diverged") and r["history"]:  # budget runs ran longer
+        if r["steps"] == steps and not r.get("diverged") and r["history"]:
             by_alpha.setdefault(0.0 if r["method"] == "kl" else float(r["alpha"]), []).append(r)
-    best = {alpha: min(runs, key=lambda r: r["history"][-1]["kl"]) for alpha, runs in by_alpha.items()}
+    return by_alpha
+
+
+def lowest_by_alpha(rows: Sequence[dict[str, Any]], steps: int) -> dict[float, dict[str, Any]]:
+    """Per alpha, the run of :func:`runs_by_alpha` with the lowest final validation KL."""
+    return {
+        alpha: min(runs, key=lambda r: r["history"][-1]["kl"])
+        for alpha, runs in runs_by_alpha(rows, steps).items()
+    }
+
+
+def _alpha_table(cfg: TuneConfig, rows: Sequence[dict[str, Any]]) -> list[str]:
+    """Per alpha, the lowest final validation KL of the search-length runs at one fraction."""
+    by_alpha = runs_by_alpha(rows, cfg.steps)
+    best = lowest_by_alpha(rows, cfg.steps)
     if not best:
         return []
     lines = [
