@@ -657,6 +657,28 @@ def test_sign_test_p_is_the_share_of_coin_flip_outcomes_with_as_many_wins(total:
         assert sign_test_two_sided(favouring, total) == pytest.approx(share)
 
 
+def test_claim_sentences_name_an_inner_fraction_where_the_gap_is_widest() -> None:
+    # KL-only 1.0 everywhere; Sobolev 0.9, 0.5, 0.8 at 0.1, 0.3, 0.5: widest at 0.3 (+50%).
+    rows = [
+        {
+            "game": "pong",
+            "method": m,
+            "train_fraction": f,
+            "seed": seed,
+            "final_kl": v,
+            "final_action_error": v,
+        }  # fmt: skip
+        for f, sob in ((0.1, 0.9), (0.3, 0.5), (0.5, 0.8))
+        for m, v in (("kl", 1.0), ("sobolev", sob))
+        for seed in (0, 1)
+    ]
+    sentences = claim_sentences(Summary(rows, {}, "final"), "pong")
+    assert (
+        "+10.0% at the smallest fraction (0.1) and +20.0% at the largest (0.5); widest at 0.3 (+50.0%)."
+        in (sentences[0])
+    )
+
+
 def test_claim_sentences_follow_the_numbers(write_hparams, tmp_path) -> None:
     _, page, summary = write_report(tmp_path / "lower", sobolev_shift=-0.1, write_hparams=write_hparams)
     sentences = " ".join(claim_sentences(summary, "pong"))

@@ -257,6 +257,7 @@ def claims(summary: Summary, game: str) -> dict[str, Any]:
             "sobolev_interval_below": apart,
             "gap_smallest": _gap(pairs[0][1], pairs[0][2]),
             "gap_largest": _gap(pairs[-1][1], pairs[-1][2]),
+            "gaps": {f: _gap(kl, sob) for f, kl, sob in pairs},
             "min_seeds": min(min(kl.n, sob.n) for _, kl, sob in pairs),
             "paired_closer": [f for f, v in paired.items() if v == "closer"],
             "paired_further": [f for f, v in paired.items() if v == "further"],
@@ -322,7 +323,12 @@ def claim_sentences(
             )
             sentence += (
                 f" Relative gap (KL-only − Sobolev) / KL-only: {_pct(c['gap_smallest'])} at the smallest "
-                f"fraction ({fr[0]:g}) and {_pct(c['gap_largest'])} at the largest ({fr[-1]:g})."
+                f"fraction ({fr[0]:g}) and {_pct(c['gap_largest'])} at the largest ({fr[-1]:g})"
+            )
+            known = {f: g for f, g in c["gaps"].items() if g is not None}
+            peak = max(known, key=lambda f: known[f]) if known else None
+            sentence += (
+                f"; widest at {peak:g} ({_pct(known[peak])})." if peak not in (None, fr[0], fr[-1]) else "."
             )
         else:
             sentence += (
