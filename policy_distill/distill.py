@@ -94,6 +94,13 @@ KL on Pong (train fraction 1.0, last 10% held out, 1,500 steps, fp32) among 0.1,
 (docs/estimators.md)."""
 
 
+COLLAPSE_WARNING_STEP = 1000
+"""From this step on, an evaluation that finds the student taking one action on every held-out
+frame prints a warning (once): students sit at a constant policy for their first few hundred
+steps, and one still there by now has most likely collapsed for good (Pong at lr 2e-3 did, its
+validation KL stuck at 4.3 from step 500 to 3,000)."""
+
+
 @dataclass(frozen=True)
 class Tuned:
     """One method's settings for one game's shipped teacher, chosen on validation splits."""
@@ -820,6 +827,7 @@ def _distill(cfg: DistillConfig, *, progress: bool, world: World | None = None) 
     # no `.item()` per step (the finiteness check below already syncs once a step): the training
     # KL beside each held-out one shows how far a student memorised its frames.
     train_kl_sum, train_kl_steps = torch.zeros((), device=device), 0
+    warned_collapse = False
     while state.step < cfg.steps:
         idx = train_idx[torch.randint(len(train_idx), (cfg.batch_size,), device=device, generator=generator)]
         directions = generator
@@ -869,6 +877,12 @@ def _distill(cfg: DistillConfig, *, progress: bool, world: World | None = None) 
             writer.add_scalar("train/kl_since_last_eval", train_kl, state.step)
             state.history.append({"step": state.step, "metrics": metrics, "train_kl": train_kl})
             elapsed = time.time() - started
+            if metrics["actions_used"] == 1 and state.step >= COLLAPSE_WARNING_STEP and not warned_collapse:
+                warned_collapse = True
+                bar.write(
+                    f"warning: at step {state.step} the student takes the same action on every held-out "
+                    "frame (a constant policy); if it stays there, run again with a lower learning rate"
+                )
             bar.set_postfix(
                 held_out_kl=f"{metrics['kl']:.4f}",
                 held_out_err=f"{metrics['action_error']:.3f}",

@@ -33,15 +33,24 @@ def policy_metrics(
 
     Returns:
         ``action_error``: fraction of frames where argmax student != argmax teacher;
-        ``kl``: mean KL(pi_student || pi_teacher), the paper's test D_KL.
+        ``kl``: mean KL(pi_student || pi_teacher), the paper's test D_KL;
+        ``actions_used``: how many actions are the student's argmax on some frame (1: it has
+        collapsed to a constant policy).
     """
     wrong, kl_sum, count = 0.0, 0.0, 0
+    used: set[int] = set()
     for x, teacher_logp in batches():
         student_logp = student(x)
-        wrong += (student_logp.argmax(-1) != teacher_logp.argmax(-1)).sum().item()
+        choice = student_logp.argmax(-1)
+        wrong += (choice != teacher_logp.argmax(-1)).sum().item()
         kl_sum += kl_divergence(student_logp, teacher_logp).item() * len(x)
         count += len(x)
-    return {"action_error": wrong / max(count, 1), "kl": kl_sum / max(count, 1)}
+        used.update(choice.unique().tolist())
+    return {
+        "action_error": wrong / max(count, 1),
+        "kl": kl_sum / max(count, 1),
+        "actions_used": float(len(used)),
+    }
 
 
 FIDELITY_CHUNK = 32

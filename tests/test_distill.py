@@ -320,6 +320,23 @@ def test_previous_boundary_validation_and_a_training_part_inside_one_episode(
 REPO = Path(__file__).resolve().parents[1]
 
 
+def test_a_student_stuck_on_one_action_is_warned_about_once(
+    tiny_distill_config, tmp_path, monkeypatch, capsys
+):
+    # Evaluations at steps 2 and 4 (tiny runs): the first before the warning step, the second
+    # after it; a student that takes one action everywhere then is warned about, once.
+    monkeypatch.setattr(distill_module, "COLLAPSE_WARNING_STEP", 3)
+    real = distill_module.policy_metrics
+    monkeypatch.setattr(distill_module, "policy_metrics", lambda *a: {**real(*a), "actions_used": 1.0})
+    distill(tiny_distill_config(runs_dir=str(tmp_path), steps=6), progress=False)
+    out = capsys.readouterr().out
+    assert out.count("warning: at step 4 the student takes the same action on every held-out frame") == 1
+    assert "at step 2 the student" not in out and "at step 6 the student" not in out
+    monkeypatch.setattr(distill_module, "policy_metrics", real)
+    distill(tiny_distill_config(runs_dir=str(tmp_path), steps=4, run="fine"), progress=False)
+    assert "the same action" not in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("fraction", [0.01, 0.05, 0.1, 0.3, 0.5, 0.8])
 def test_defaults_are_the_tuned_choices_of_the_grids_hyperparameter_file(fraction: float) -> None:
     """``TUNED`` repeats, for distill's defaults, what docs/reproduce/hparams.json holds with its

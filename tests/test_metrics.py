@@ -38,6 +38,7 @@ def test_action_error_and_kl_are_per_frame_means_over_uneven_batches() -> None:
 
     # Per frame: 1 wrong of 4 = 0.25 (a mean of per-batch means would give (1/3 + 0) / 2 = 1/6).
     assert metrics["action_error"] == pytest.approx(0.25)
+    assert metrics["actions_used"] == 2  # AGREE's argmax on three frames, DISAGREE's on one
     # KL(student || teacher), as documented: 0.0915 per agreeing frame, 0.3348 for the other.
     expected_kl = (3 * kl(AGREE, TEACHER) + kl(DISAGREE, TEACHER)) / 4  # 0.1523
     assert metrics["kl"] == pytest.approx(expected_kl, rel=1e-5)
@@ -60,3 +61,4 @@ def test_action_error_compares_argmaxes_not_sampled_actions() -> None:
     # And a student preferring the teacher's less likely action is wrong on every frame.
     contrary = lookup_student([[0.7, 0.3]])
     assert policy_metrics(contrary, lambda: batches)["action_error"] == 1.0
+    assert policy_metrics(contrary, lambda: batches)["actions_used"] == 1  # one action everywhere

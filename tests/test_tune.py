@@ -20,6 +20,7 @@ from policy_distill.experiments.tune import (
     Setting,
     TuneConfig,
     choose,
+    ended_dead,
     hparams_entry,
     ladder_search,
     plateau_step,
@@ -153,6 +154,35 @@ def test_a_setting_that_collapses_after_its_best_evaluation_does_not_win() -> No
         return {"history": [{"step": 500 * (i + 1), "kl": kl} for i, kl in enumerate(curve)]}
 
     assert choose(cfg, 0.05, lookup).sobolev == Setting("sobolev", 1e-3, 0.01)
+
+
+def test_the_alpha_walk_steps_down_the_learning_rate_while_its_best_student_died() -> None:
+    """Pong at 80%: KL only is best at lr 2e-3, where every Sobolev student dies (no input-gradient
+    left: cosine 0, relative L2 error 1). The alpha walk is run again at 1e-3, where they train
+    and alpha 0.03 is best; the learning-rate walk starts from there."""
+    cfg = TuneConfig(estimators="vjp", steps=1500, budget_steps=1500)
+    asked: list[Setting] = []
+
+    def lookup(setting: Setting, steps: int) -> dict:
+        asked.append(setting)
+        if setting.method == "kl":
+            kl = 0.05 + abs(math.log10(setting.learning_rate / 2e-3))
+            dead = False
+        else:
+            dead = setting.learning_rate >= 2e-3
+            kl = 4.5 - setting.alpha if dead else 0.04 + abs(math.log10(setting.alpha / 0.03))
+        last = {"grad_cosine": 0.0, "grad_rel_l2": 1.0} if dead else {"grad_cosine": 0.4, "grad_rel_l2": 0.9}
+        return {"history": [{"step": 500 * (i + 1), "kl": kl, **last} for i in range(3)]}
+
+    choice = choose(cfg, 0.8, lookup)
+    assert choice.kl == Setting("kl", 2e-3)
+    assert choice.sobolev == Setting("sobolev", 1e-3, 0.03)
+    # The dead alpha walk at 2e-3 came first, then the one at 1e-3; no live student ran at 2e-3.
+    first_live = next(i for i, s in enumerate(asked) if s.method == "sobolev" and s.learning_rate == 1e-3)
+    assert all(s.learning_rate == 2e-3 for s in asked[:first_live] if s.method == "sobolev")
+    assert ended_dead(lookup(Setting("sobolev", 2e-3, 0.01), 1500))
+    assert not ended_dead(lookup(Setting("sobolev", 1e-3, 0.01), 1500))
+    assert not ended_dead({"diverged": True, "history": []})
 
 
 def test_writing_an_entry_refuses_to_pair_tuned_values_with_another_student(tmp_path) -> None:

@@ -19,7 +19,10 @@ Per tuned fraction, one seed, in this order (each stage starts from the last one
    from ``start_learning_rate`` (:func:`ladder_search`).
 2. ``sobolev``, the paper's estimator (vjp): alpha along the ``alphas`` ladder from the
    estimator's default (``TUNED_ALPHA``), at the KL-only learning rate; then the learning rate
-   along its ladder at that alpha.
+   along its ladder at that alpha. Where the best run of the alpha walk ended dead (its student
+   has no input-gradient at all: a constant policy, :func:`ended_dead`), the Sobolev term at that
+   learning rate tells nothing about alpha, so the alpha walk is run again one step down the
+   learning-rate ladder, and so on (Pong at 80%: at the KL-only lr 2e-3 Sobolev students died).
 3. Each other estimator of ``estimators`` (default fd): alpha along the ladder from its own
    default (the terms differ in scale), at the Sobolev learning rate. The estimator with the
    lowest score wins.
@@ -311,10 +314,14 @@ def choose(cfg: TuneConfig, fraction: float, lookup: Callable[[Setting, int], di
 
     lrs, alphas = cfg.lr_ladder(), cfg.alpha_ladder()
     kl = walk(lrs, cfg.start_learning_rate, lambda lr: Setting("kl", lr), "learning_rates")
-    alpha = walk(
-        alphas, TUNED_ALPHA["vjp"], lambda a: Setting("sobolev", kl.learning_rate, a), "alphas"
-    ).alpha
-    best = walk(lrs, kl.learning_rate, lambda lr: Setting("sobolev", lr, alpha), "learning_rates")
+    lr = kl.learning_rate
+    while True:
+        alpha = walk(alphas, TUNED_ALPHA["vjp"], lambda a, lr=lr: Setting("sobolev", lr, a), "alphas").alpha
+        lower = [v for v in lrs if v < lr]
+        if not ended_dead(lookup(Setting("sobolev", lr, alpha), cfg.steps)) or not lower:
+            break
+        lr = max(lower)
+    best = walk(lrs, lr, lambda v: Setting("sobolev", v, alpha), "learning_rates")
     sobolev_lr = best.learning_rate
     for estimator in cfg.estimator_list()[1:]:
         candidate = walk(
@@ -345,6 +352,17 @@ def choose(cfg: TuneConfig, fraction: float, lookup: Callable[[Setting, int], di
 def _curve(row: dict[str, Any]) -> list[tuple[int, float]]:
     """``[(step, validation KL), ...]`` of a run, in step order."""
     return [(h["step"], h["kl"]) for h in row["history"]]
+
+
+def ended_dead(row: dict[str, Any]) -> bool:
+    """Whether a run's student ended with no input-gradient at all on the fidelity frames:
+    gradient cosine exactly 0 and relative L2 error exactly 1, as when every unit of a ReLU layer
+    is dead. Its policy then no longer depends on the frame (a constant policy), whatever alpha
+    asked of its gradients."""
+    if row.get("diverged") or not row["history"]:
+        return False
+    last = row["history"][-1]
+    return last.get("grad_cosine") == 0.0 and last.get("grad_rel_l2") == 1.0
 
 
 def _score(row: dict[str, Any]) -> float:
