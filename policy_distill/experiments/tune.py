@@ -19,10 +19,10 @@ Per tuned fraction, one seed, in this order (each stage starts from the last one
    from ``start_learning_rate`` (:func:`ladder_search`).
 2. ``sobolev``, the paper's estimator (vjp): alpha along the ``alphas`` ladder from the
    estimator's default (``TUNED_ALPHA``), at the KL-only learning rate; then the learning rate
-   along its ladder at that alpha. Where the best run of the alpha walk ended dead (its student
-   has no input-gradient at all: a constant policy, :func:`ended_dead`), the Sobolev term at that
-   learning rate tells nothing about alpha, so the alpha walk is run again one step down the
-   learning-rate ladder, and so on (Pong at 80%: at the KL-only lr 2e-3 Sobolev students died).
+   along its ladder at that alpha. Where the alpha walk's first run, at the default alpha, ends
+   dead (its student has no input-gradient left: a constant policy, :func:`ended_dead`), the
+   walk moves one step down the learning-rate ladder before it compares alphas, and so on: runs
+   that die tell nothing about alpha (Pong at 80%: Sobolev students died at KL's lr 2e-3).
 3. Each other estimator of ``estimators`` (default fd): alpha along the ladder from its own
    default (the terms differ in scale), at the Sobolev learning rate. The estimator with the
    lowest score wins.
@@ -222,6 +222,11 @@ class NotRun(Exception):
     """A run the choice needs has no row yet (reading rows only)."""
 
 
+def nearest(ladder: Sequence[float], value: float) -> float:
+    """The ladder value nearest ``value`` on a log scale (the first of a tie)."""
+    return min(ladder, key=lambda v: abs(math.log(v / value)))
+
+
 def ladder_search(ladder: Sequence[float], start: float, score: Callable[[float], float]) -> float:
     """The ladder value of lowest score, found by walking from ``start``.
 
@@ -230,7 +235,7 @@ def ladder_search(ladder: Sequence[float], start: float, score: Callable[[float]
     is minimised exactly with at most ``valley distance + 3`` evaluations. Ties go to the value
     scored first. ``score`` may return ``inf`` (a run that diverged).
     """
-    i = min(range(len(ladder)), key=lambda j: abs(math.log(ladder[j] / start)))
+    i = ladder.index(nearest(ladder, start))
     lo, hi = max(0, i - 1), min(len(ladder) - 1, i + 1)
     scores = {i: score(ladder[i])}
     for j in (lo, hi):
@@ -314,13 +319,10 @@ def choose(cfg: TuneConfig, fraction: float, lookup: Callable[[Setting, int], di
 
     lrs, alphas = cfg.lr_ladder(), cfg.alpha_ladder()
     kl = walk(lrs, cfg.start_learning_rate, lambda lr: Setting("kl", lr), "learning_rates")
-    lr = kl.learning_rate
-    while True:
-        alpha = walk(alphas, TUNED_ALPHA["vjp"], lambda a, lr=lr: Setting("sobolev", lr, a), "alphas").alpha
-        lower = [v for v in lrs if v < lr]
-        if not ended_dead(lookup(Setting("sobolev", lr, alpha), cfg.steps)) or not lower:
-            break
-        lr = max(lower)
+    lr, first_alpha = kl.learning_rate, nearest(alphas, TUNED_ALPHA["vjp"])
+    while ended_dead(lookup(Setting("sobolev", lr, first_alpha), cfg.steps)) and min(lrs) < lr:
+        lr = max(v for v in lrs if v < lr)
+    alpha = walk(alphas, first_alpha, lambda a: Setting("sobolev", lr, a), "alphas").alpha
     best = walk(lrs, lr, lambda v: Setting("sobolev", v, alpha), "learning_rates")
     sobolev_lr = best.learning_rate
     for estimator in cfg.estimator_list()[1:]:
