@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from policy_distill.errors import UserError
-from policy_distill.experiments.report import Interval, fmt, interval
+from policy_distill.experiments.statistics import Interval, fmt, interval
 from policy_distill.experiments.sweep import latest_rows, read_rows
 from policy_distill.losses import SOBOLEV_ESTIMATORS
 
