@@ -301,11 +301,16 @@ class DistillConfig(TrainingSchedule):
         size = "small" if self.train_fraction <= SMALL_FRACTION else "large"
         tuned = TUNED[self.game]
         sobolev = tuned[(size, "sobolev")]
-        if self.sobolev_estimator is None:
+        estimator_given = self.sobolev_estimator is not None
+        if not estimator_given:
             object.__setattr__(self, "sobolev_estimator", sobolev.sobolev_estimator)
         if self.alpha is None:
             own = self.sobolev_estimator == sobolev.sobolev_estimator
             object.__setattr__(self, "alpha", sobolev.alpha if own else TUNED_ALPHA[self.sobolev_estimator])
+        if self.alpha == 0 and not estimator_given:
+            # A KL-only run uses no estimator; it keeps vjp, the name every KL-only run had before
+            # estimators were tuned per game, so that runs made then still resume.
+            object.__setattr__(self, "sobolev_estimator", "vjp")
         chosen = tuned[(size, "sobolev" if self.alpha > 0 else "kl")]
         if self.learning_rate is None:
             object.__setattr__(self, "learning_rate", chosen.learning_rate)
@@ -585,9 +590,20 @@ def _resume(
         differ = [
             f"{k} {saved_key.get(k)!r} -> {key.get(k)!r}" for k in key if saved_key.get(k) != key.get(k)
         ]
+        defaulted = [
+            k for k in ("learning_rate", "alpha", "sobolev_estimator") if saved_key.get(k) != key.get(k)
+        ]
         raise UserError(
             f"{cfg.run_dir} holds a run with other settings ({', '.join(differ)}); use the same "
             "arguments to resume, or another run name for a new run"
+            + (
+                " (the game's default learning rate, alpha and estimator changed in session 15: to resume "
+                "a run made before, pass its values, "
+                + " ".join(f"`{k}` {saved_key.get(k)}" for k in defaulted)
+                + ")"
+                if defaulted
+                else ""
+            )
         )
     stored = (state["dataset"].get("content_sha256"), state["teacher"]["sha256"])
     if stored != (dataset.meta.get("content_sha256"), teacher.source.sha256):

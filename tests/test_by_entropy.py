@@ -90,7 +90,7 @@ def test_each_run_is_measured_once_and_gives_back_its_rows_kl(
     counts = page.split("| Sobolev lower (seed pairs) | ")[1].split("\n")[0]
     assert counts.count(" | ") == 2  # three bins
     assert f"python -m policy_distill by-entropy --results {sweep.results}" in page
-    assert f"--games pong --out {table}" in page and f"--entropy-bins {table}" in page
+    assert f"--games pong --bins 3 --out {table}" in page and f"--entropy-bins {table}" in page
 
 
 def test_the_report_counts_pairs_per_bin_and_compares_upper_with_lower_bins(

@@ -360,6 +360,22 @@ def test_defaults_are_the_tuned_choices_of_the_grids_hyperparameter_file(fractio
                 assert cfg.sobolev_estimator == cell.sobolev_estimator, (game, fraction)
 
 
+def test_a_kl_only_run_keeps_the_estimator_name_it_always_had() -> None:
+    """KL only uses no estimator: it stays vjp whatever the game's Sobolev estimator, so KL-only
+    runs made before estimators were tuned per game still resume (their key says vjp)."""
+    assert DistillConfig(game="space_invaders", alpha=0).sobolev_estimator == "vjp"
+    assert DistillConfig(game="space_invaders", alpha=0, sobolev_estimator="fd").sobolev_estimator == "fd"
+    assert DistillConfig(game="space_invaders").sobolev_estimator == "fd"
+
+
+def test_resuming_a_run_made_with_earlier_defaults_names_its_values(tiny_distill_config, tmp_path) -> None:
+    distill(tiny_distill_config(runs_dir=str(tmp_path), learning_rate=5e-4), progress=False)
+    with pytest.raises(
+        UserError, match=r"learning_rate 0.0005 -> 0.001.*pass its values, `learning_rate` 0.0005"
+    ):
+        distill(tiny_distill_config(runs_dir=str(tmp_path), learning_rate=1e-3, steps=6), progress=False)
+
+
 def test_an_explicit_setting_wins_over_the_games_tuned_default() -> None:
     cfg = DistillConfig(game="breakout", learning_rate=5e-4, steps=100, alpha=0.2, sobolev_estimator="jvp")
     assert (cfg.learning_rate, cfg.steps, cfg.alpha, cfg.sobolev_estimator) == (5e-4, 100, 0.2, "jvp")

@@ -184,6 +184,11 @@ def test_the_alpha_walk_steps_down_the_learning_rate_while_its_first_student_die
     assert ended_dead(lookup(Setting("sobolev", 2e-3, 0.01), 1500))
     assert not ended_dead(lookup(Setting("sobolev", 1e-3, 0.01), 1500))
     assert not ended_dead({"diverged": True, "history": []})
+    # Nearly dead counts (Pong's alpha 0.003 at 2e-3 ended at cosine 2e-5); a live KL-only student
+    # with little gradient fidelity (cosine 0.009, relative L2 error 0.999) does not.
+    nearly = {"history": [{"kl": 4.5, "grad_cosine": 2.1e-5, "grad_rel_l2": 1.000023}]}
+    assert ended_dead(nearly)
+    assert not ended_dead({"history": [{"kl": 0.3, "grad_cosine": 0.009, "grad_rel_l2": 0.999}]})
 
 
 def test_writing_an_entry_refuses_to_pair_tuned_values_with_another_student(tmp_path) -> None:

@@ -150,9 +150,15 @@ def measure_by_entropy(cfg: ByEntropyConfig) -> dict[str, Any]:
     from policy_distill.settings import game_info
 
     paths = [p for p in cfg.results.split(",") if p]
-    if not any(Path(p).is_file() for p in paths):
-        raise UserError(f"no results table at {cfg.results}; run `policy_distill reproduce` first")
+    missing_tables = [p for p in paths if not Path(p).is_file()]
+    if missing_tables or not paths:
+        raise UserError(
+            f"no results table at {', '.join(missing_tables) or repr(cfg.results)}; check `results`, "
+            "or run `policy_distill reproduce` first"
+        )
     rows, _ = rows_of_hparams(latest_rows(read_rows(paths)), load_hparams(cfg.hparams))
+    asked = [game_info(g).name for g in cfg.games.split(",") if g.strip()]
+    rows = [r for r in rows if not asked or r["game"] in asked]
     for r in rows:
         missing = [k for k in NEEDED_FIELDS if r.get(k) is None]
         if missing or r.get("validation_fraction") or r.get("test_data"):
@@ -165,11 +171,12 @@ def measure_by_entropy(cfg: ByEntropyConfig) -> dict[str, Any]:
                 f"a row of {cfg.results} ({r.get('run_dir')}) {why}: by-entropy measures rows of "
                 "`reproduce` grids only; pass that results table"
             )
-    games = [game_info(g).name for g in cfg.games.split(",") if g.strip()] or sorted(
-        {r["game"] for r in rows}
-    )
+    games = asked or sorted({r["game"] for r in rows})
     if not games:
-        raise UserError(f"no grid rows in {cfg.results} made with {cfg.hparams}'s hyperparameters")
+        raise UserError(
+            f"no grid rows in {cfg.results} made with {cfg.hparams}'s hyperparameters; pass the "
+            "`hparams` the grid ran with, or run `policy_distill reproduce` first"
+        )
     earlier = read_bins(cfg.out)
     done = {(r["run_dir"], r["finished_at"]) for r in earlier}
     other_bins = sorted({len(r["frames"]) for r in earlier if r["game"] in games} - {cfg.bins})
@@ -191,7 +198,10 @@ def measure_by_entropy(cfg: ByEntropyConfig) -> dict[str, Any]:
             raise UserError(f"no grid rows for {game} in {cfg.results}; check `games`")
         recordings = {r["data"] for r in todo}
         if len(recordings) != 1:
-            raise UserError(f"{game}'s rows come from several recordings ({', '.join(sorted(recordings))})")
+            raise UserError(
+                f"{game}'s rows come from several recordings ({', '.join(sorted(recordings))}); pass "
+                "`results` tables of one recording"
+            )
         dataset = load_dataset(recordings.pop())
         entropies = policy_entropy(dataset.log_probs)
         edges = entropy_bin_edges(entropies, cfg.bins)

@@ -262,6 +262,7 @@ def claim_sentences(
                 f" Sign test over the fractions (two-sided, ties dropped): p {c['sign_test_p']:.2g}, "
                 "approximate (a seed starts every fraction from the same weights)."
             )
+        if len(fr) > 1:
             sentence += (
                 f" Relative gap (KL-only − Sobolev) / KL-only: {_pct(c['gap_smallest'])} at the smallest "
                 f"fraction ({fr[0]:g}) and {_pct(c['gap_largest'])} at the largest ({fr[-1]:g})"
@@ -814,13 +815,15 @@ def _commands(summary: Summary, cfg: ReportConfig) -> list[str]:
                 args += ["--score-episodes", str(episodes[-1])]
         lines.append(" ".join(shlex.quote(a) for a in args))
     bins = cfg.entropy_bins_path()
-    measured = sorted({b["game"] for b in read_rows(bins)} & set(summary.games)) if bins.is_file() else []
-    if measured:  # measures the runs above (their checkpoints), before the page reads it
+    bin_rows = [b for b in read_rows(bins) if b.get("game") in summary.games] if bins.is_file() else []
+    if bin_rows:  # measures the runs above (their checkpoints), before the page reads it
+        measured = sorted({b["game"] for b in bin_rows})
         lines.append(
             " ".join(
                 shlex.quote(a)
                 for a in ["python", "-m", "policy_distill", "by-entropy", "--results", cfg.results]
-                + ["--hparams", cfg.hparams, "--games", ",".join(measured), "--out", str(bins)]
+                + ["--hparams", cfg.hparams, "--games", ",".join(measured)]
+                + ["--bins", str(len(bin_rows[0]["frames"])), "--out", str(bins)]
             )
         )
     lines.append(
