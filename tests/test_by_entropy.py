@@ -120,7 +120,10 @@ def test_the_report_counts_pairs_per_bin_and_compares_upper_with_lower_bins(
     assert "| 0.6 | 1 → 1 (+0.0%) | 1 → 0.9 (+10.0%) | 1 → 0.6 (+40.0%) | 1 → 0.4 (+60.0%) |" in page
     # The lowest bin ties in both pairs (dropped), the others favour Sobolev twice: p = 2 x 1/4.
     assert "| Sobolev lower (seed pairs) | n/a | 2 of 2 (p 0.5) | 2 of 2 (p 0.5) | 2 of 2 (p 0.5) |" in page
-    assert "Relative gap larger on the upper 2 bins than on the lower 2: 2 of 2 seed pairs" in page
+    assert (
+        "larger on the upper 2 (higher-entropy) bins than on the lower 2: in 2 of 2 seed pairs, smaller in 0"
+        in page
+    )
 
 
 def test_a_checkpoint_that_is_not_the_rows_student_is_refused(one_run, tmp_path) -> None:

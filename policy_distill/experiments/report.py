@@ -560,8 +560,9 @@ def _entropy_table(rows: Sequence[dict[str, Any]]) -> list[str]:
     if untied:
         lines += [
             "",
-            f"Relative gap larger on the upper {half} bins than on the lower {half}: {up} of {untied} seed "
-            f"pairs (two-sided sign test p {sign_test_two_sided(up, untied):.2g}).",
+            f"Relative gap larger on the upper {half} (higher-entropy) bins than on the lower {half}: in "
+            f"{up} of {untied} seed pairs, smaller in {untied - up} (two-sided sign test p "
+            f"{sign_test_two_sided(up, untied):.2g}).",
         ]
     return lines
 
