@@ -9,9 +9,11 @@ import numpy as np
 import pytest
 
 from policy_distill.experiments.statistics import (
+    fmt,
     interval,
     sign_test_p,
     sign_test_two_sided,
+    significant,
     t_quantile_975,
 )
 
@@ -57,3 +59,9 @@ def test_sign_test_p_is_the_share_of_coin_flip_outcomes_with_as_many_wins(total:
         uneven = abs(2 * favouring - total)
         share = sum(abs(2 * sum(o) - total) >= uneven for o in outcomes) / len(outcomes)
         assert sign_test_two_sided(favouring, total) == pytest.approx(share)
+
+
+def test_numbers_are_written_without_exponents_from_1_up() -> None:
+    assert significant(412.9, 2) == "410" and significant(12345.0, 3) == "12300"
+    assert significant(0.0418, 3) == "0.0418" and significant(2.5e-05, 2) == "2.5e-05"
+    assert fmt(interval([898.5, 961.25, 1100.0]), 3) == "987 ± 260"

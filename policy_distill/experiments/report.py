@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from policy_distill.errors import UserError, check_fields, one_of
-from policy_distill.experiments.statistics import Interval, fmt, interval, sign_test_two_sided
+from policy_distill.experiments.statistics import Interval, fmt, interval, sign_test_two_sided, significant
 from policy_distill.experiments.sweep import (
     DEFAULT_FRACTIONS,
     DEFAULT_HPARAMS,
@@ -753,13 +753,13 @@ def _scores_table(summary: Summary) -> list[str]:
             )
             games = f"{'/'.join(map(str, episodes))} games"
             if iv.half_width is None:  # fmt would add "(1 seed)" itself
-                cells.append(f"{iv.mean:.3g} (1 seed x {games})")
+                cells.append(f"{significant(iv.mean, 3)} (1 seed x {games})")
             else:
                 cells.append(f"{fmt(iv, 3)} ({iv.n} seeds x {games})")
         teacher_cell = "waiting"
         if teacher:
             mean, std, episodes = (teacher[k] for k in ("score_mean", "score_std", "score_episodes"))
-            teacher_cell = f"{mean:.3g} ± {std:.2g} std ({episodes} games)"
+            teacher_cell = f"{significant(mean, 3)} ± {significant(std, 2)} std ({episodes} games)"
         frac = f"{fraction:g}" if fraction is not None else "waiting"
         lines.append(f"| {game} | {frac} | {cells[0]} | {cells[1]} | {teacher_cell} |")
     if not any_row:

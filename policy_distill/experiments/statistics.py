@@ -63,13 +63,22 @@ def interval(values: Sequence[float]) -> Interval:
     return Interval(len(x), float(x.mean()), half, tuple(float(v) for v in x))
 
 
+def significant(x: float, digits: int) -> str:
+    """``x`` to ``digits`` significant digits, written without an exponent where |x| >= 1 (a
+    score's spread of 412.9 reads 410, not 4.1e+02)."""
+    text = f"{x:.{digits}g}"
+    if "e" in text and abs(x) >= 1:
+        text = f"{float(text):.0f}"
+    return text
+
+
 def fmt(iv: Interval | None, digits: int = 4) -> str:
     """``mean ± half-width`` for 2+ seeds, ``mean (1 seed)`` for one, ``waiting`` for none."""
     if iv is None:
         return "waiting"
     if iv.half_width is None:
         return f"{iv.mean:.{digits}g} (1 seed)"
-    return f"{iv.mean:.{digits}g} ± {iv.half_width:.2g}"
+    return f"{significant(iv.mean, digits)} ± {significant(iv.half_width, 2)}"
 
 
 def sign_test_two_sided(favouring: int, total: int) -> float:
