@@ -158,7 +158,7 @@ def _tiny_run_fields(tiny: Path, runs_dir: Path) -> dict[str, Any]:
 
 @pytest.fixture(scope="session")
 def tiny_distill_config(tiny: Path) -> Callable[..., DistillConfig]:
-    """Make the DistillConfig of a short Pong run (4 steps, half the recording trains, fp32) on the
+    """Make the DistillConfig of a short Pong run (4 steps, half the recording trains, fp32, vjp) on the
     teacher and dataset in ``root`` (default: ``tiny``), with runs under ``root/runs``; keyword
     arguments override any field."""
     from policy_distill.distill import DistillConfig
@@ -172,6 +172,9 @@ def tiny_distill_config(tiny: Path) -> Callable[..., DistillConfig]:
             steps=4,
             learning_rate=1e-3,
             precision="fp32",  # explicit: "auto" would differ between CPUs with and without bf16 units
+            # The paper's estimator (alpha then defaults to its 0.01), explicit so that a game's
+            # tuned default (fd for Pong's large fractions) does not change what tests measure.
+            sobolev_estimator="vjp",
         )
         return DistillConfig(**{**fields, **overrides})
 
