@@ -82,7 +82,7 @@ from policy_distill.losses import (
     distillation_loss,
     input_jacobian,
 )
-from policy_distill.metrics import gradient_fidelity, gradient_maps, policy_metrics
+from policy_distill.metrics import gradient_fidelity, gradient_maps, has_no_input_gradient, policy_metrics
 from policy_distill.policy import TeacherPolicy
 from policy_distill.resources import check_memory
 from policy_distill.settings import PRECISION_CHOICES, game_info
@@ -95,10 +95,11 @@ KL on Pong (train fraction 1.0, last 10% held out, 1,500 steps, fp32) among 0.1,
 
 
 COLLAPSE_WARNING_STEP = 1000
-"""From this step on, an evaluation that finds the student taking one action on every held-out
-frame prints a warning (once): students sit at a constant policy for their first few hundred
-steps, and one still there by now has most likely collapsed for good (Pong at lr 2e-3 did, its
-validation KL stuck at 4.3 from step 500 to 3,000)."""
+"""From this step on, an evaluation that finds a constant policy (the student taking one action
+on every held-out frame, or having no input-gradient left) prints a warning (once): students sit
+at a constant policy for their first few hundred steps, and one still there by now has most
+likely collapsed for good (Pong at lr 2e-3 did, its validation KL stuck at 4.3 from step 500 to
+3,000)."""
 
 
 @dataclass(frozen=True)
@@ -897,11 +898,14 @@ def _distill(cfg: DistillConfig, *, progress: bool, world: World | None = None) 
             writer.add_scalar("train/kl_since_last_eval", train_kl, state.step)
             state.history.append({"step": state.step, "metrics": metrics, "train_kl": train_kl})
             elapsed = time.time() - started
-            if metrics["actions_used"] == 1 and state.step >= COLLAPSE_WARNING_STEP and not warned_collapse:
+            constant = metrics["actions_used"] == 1 or has_no_input_gradient(metrics)
+            if constant and state.step >= COLLAPSE_WARNING_STEP and not warned_collapse:
                 warned_collapse = True
                 bar.write(
-                    f"warning: at step {state.step} the student takes the same action on every held-out "
-                    "frame (a constant policy); if it stays there, run again with a lower learning rate"
+                    f"warning: at step {state.step} the student's policy does not depend on the frame "
+                    f"(a constant policy: {metrics['actions_used']:.0f} action(s) taken, gradient cosine "
+                    f"{metrics['grad_cosine']:.4f}); if it stays there, run again with a lower "
+                    "learning rate"
                 )
             bar.set_postfix(
                 held_out_kl=f"{metrics['kl']:.4f}",

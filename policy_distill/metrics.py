@@ -19,6 +19,30 @@ def policy_entropy(log_probs: np.ndarray) -> np.ndarray:
     return -np.where(p > 0, p * logp, 0.0).sum(axis=1)
 
 
+DEAD_TOLERANCE = 1e-3
+"""How near a dead student's gradient cosine is to 0 and its relative L2 error to 1. Dead Pong
+students ended at cosine 0 exactly, 2e-5 (alpha 0.003) or -2e-4 (KL only at 5%); the live
+students of every search so far at 0.009 or more (KL-only ones, which hardly match the
+teacher's gradients). The relative L2 error alone does not tell them apart: a live one ended at
+0.999."""
+
+
+def has_no_input_gradient(metrics: dict[str, float]) -> bool:
+    """Whether held-out metrics (:func:`gradient_fidelity`'s ``grad_cosine`` and ``grad_rel_l2``)
+    show a student with (almost) no input-gradient: cosine 0 and relative L2 error 1 within
+    ``DEAD_TOLERANCE``, as when every unit of a ReLU layer is dead. Its policy then no longer
+    depends on the frame (a constant policy), whichever action its argmax picks: under bf16 the
+    rounding of a constant output can differ between rows of a batch, so a dead student's argmax
+    may still take two near-tied actions (``actions_used`` 2, Pong at lr 2e-3)."""
+    cosine, rel_l2 = metrics.get("grad_cosine"), metrics.get("grad_rel_l2")
+    return (
+        cosine is not None
+        and rel_l2 is not None
+        and abs(cosine) < DEAD_TOLERANCE
+        and abs(rel_l2 - 1.0) < DEAD_TOLERANCE
+    )
+
+
 @torch.no_grad()
 def policy_metrics(
     student: LogProbFn,

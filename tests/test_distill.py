@@ -320,23 +320,35 @@ def test_previous_boundary_validation_and_a_training_part_inside_one_episode(
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_a_student_stuck_on_one_action_is_warned_about_once(
-    tiny_distill_config, tmp_path, monkeypatch, capsys
+@pytest.mark.parametrize(
+    "constant",
+    [
+        {"actions_used": 1.0},  # one action everywhere
+        # No input-gradient left, two near-tied actions (a dead bf16 Pong student's metrics).
+        {"actions_used": 2.0, "grad_cosine": 0.0, "grad_rel_l2": 1.0001},
+    ],
+    ids=["one-action", "no-input-gradient"],
+)
+def test_a_constant_student_is_warned_about_once(
+    tiny_distill_config, tmp_path, monkeypatch, capsys, constant: dict[str, float]
 ):
     # Evaluations at steps 2 and 4 (tiny runs): the first before the warning step, the second
-    # after it; a student that takes one action everywhere then is warned about, once.
+    # after it; a constant student then is warned about, once. The metrics are set, not trained:
+    # a 4-step tiny student may well be constant.
     monkeypatch.setattr(distill_module, "COLLAPSE_WARNING_STEP", 3)
     real = distill_module.policy_metrics
-    monkeypatch.setattr(distill_module, "policy_metrics", lambda *a: {**real(*a), "actions_used": 1.0})
+    live = {"actions_used": 2.0, "grad_cosine": 0.05, "grad_rel_l2": 0.999}
+    fidelity = distill_module.gradient_fidelity
+    monkeypatch.setattr(distill_module, "policy_metrics", lambda *a: {**real(*a), **constant})
+    monkeypatch.setattr(distill_module, "gradient_fidelity", lambda *a: {**fidelity(*a), **constant})
     distill(tiny_distill_config(runs_dir=str(tmp_path), steps=6), progress=False)
     out = capsys.readouterr().out
-    assert out.count("warning: at step 4 the student takes the same action on every held-out frame") == 1
+    assert out.count("warning: at step 4 the student's policy does not depend on the frame") == 1
     assert "at step 2 the student" not in out and "at step 6 the student" not in out
-    # A student taking two actions is not warned about (set, not trained: a 4-step tiny student
-    # may well be constant).
-    monkeypatch.setattr(distill_module, "policy_metrics", lambda *a: {**real(*a), "actions_used": 2.0})
+    monkeypatch.setattr(distill_module, "policy_metrics", lambda *a: {**real(*a), **live})
+    monkeypatch.setattr(distill_module, "gradient_fidelity", lambda *a: {**fidelity(*a), **live})
     distill(tiny_distill_config(runs_dir=str(tmp_path), steps=4, run="fine"), progress=False)
-    assert "the same action" not in capsys.readouterr().out
+    assert "constant policy" not in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("fraction", [0.01, 0.05, 0.1, 0.3, 0.5, 0.8])

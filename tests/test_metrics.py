@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from policy_distill.metrics import policy_metrics
+from policy_distill.metrics import has_no_input_gradient, policy_metrics
 
 
 def lookup_student(probs: list[list[float]]):
@@ -62,3 +62,12 @@ def test_action_error_compares_argmaxes_not_sampled_actions() -> None:
     contrary = lookup_student([[0.7, 0.3]])
     assert policy_metrics(contrary, lambda: batches)["action_error"] == 1.0
     assert policy_metrics(contrary, lambda: batches)["actions_used"] == 1  # one action everywhere
+
+
+def test_no_input_gradient_needs_both_cosine_zero_and_relative_error_one() -> None:
+    """A dead student's fidelity is cosine 0 and relative L2 error 1; the relative error alone
+    does not tell it from a live KL-only student (0.999 with cosine 0.009)."""
+    assert has_no_input_gradient({"grad_cosine": 2e-5, "grad_rel_l2": 1.0001})
+    assert not has_no_input_gradient({"grad_cosine": 0.009, "grad_rel_l2": 0.999})
+    assert not has_no_input_gradient({"grad_cosine": 0.0, "grad_rel_l2": 0.9})
+    assert not has_no_input_gradient({"kl": 4.5})  # no fidelity measured: not judged dead

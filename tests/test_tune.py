@@ -3,6 +3,7 @@ it writes, and a whole search on the tiny recording."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -125,7 +126,7 @@ def test_choose_walks_each_stage_and_continues_only_runs_still_improving() -> No
         low += 0.01 if setting.sobolev_estimator == "fd" else 0.0
         return [low * (1 + 6000 / s) for s in range(500, steps + 1, 500)]  # still falling
 
-    def lookup(setting: Setting, steps: int) -> dict:
+    def lookup(setting: Setting, steps: int, seed: int = 0) -> dict:
         asked.append((setting, steps))
         return {"history": [{"step": 500 * (i + 1), "kl": kl} for i, kl in enumerate(curve(setting, steps))]}
 
@@ -147,7 +148,7 @@ def test_a_setting_that_collapses_after_its_best_evaluation_does_not_win() -> No
     cfg = TuneConfig(estimators="vjp", steps=1500, budget_steps=1500)
     curves = {0.003: [0.5, 0.3, 0.25], 0.01: [0.5, 0.2, 0.1], 0.03: [0.5, 0.05, 3.0]}
 
-    def lookup(setting: Setting, steps: int) -> dict:
+    def lookup(setting: Setting, steps: int, seed: int = 0) -> dict:
         curve = [0.5, 0.3, 0.2] if setting.method == "kl" else curves.get(setting.alpha, [0.6, 0.6, 0.6])
         if setting.method == "sobolev" and setting.learning_rate != 1e-3:
             curve = [k + 0.1 for k in curve]
@@ -163,7 +164,7 @@ def test_the_alpha_walk_steps_down_the_learning_rate_while_its_first_student_die
     cfg = TuneConfig(estimators="vjp", steps=1500, budget_steps=1500)
     asked: list[Setting] = []
 
-    def lookup(setting: Setting, steps: int) -> dict:
+    def lookup(setting: Setting, steps: int, seed: int = 0) -> dict:
         asked.append(setting)
         if setting.method == "kl":
             kl = 0.05 + abs(math.log10(setting.learning_rate / 2e-3))
@@ -189,6 +190,70 @@ def test_the_alpha_walk_steps_down_the_learning_rate_while_its_first_student_die
     nearly = {"history": [{"kl": 4.5, "grad_cosine": 2.1e-5, "grad_rel_l2": 1.000023}]}
     assert ended_dead(nearly)
     assert not ended_dead({"history": [{"kl": 0.3, "grad_cosine": 0.009, "grad_rel_l2": 0.999}]})
+
+
+def test_a_choice_whose_student_dies_with_a_check_seed_steps_down_the_learning_rate() -> None:
+    """Pong at 80%: KL only's lr 2e-3 wins with seed 0 but its student dies with seed 2, so the
+    choice moves to 1e-3, which trains with both check seeds; the Sobolev walk then starts from
+    1e-3. A Sobolev choice whose students all train is kept, checked with each seed once."""
+    cfg = TuneConfig(estimators="vjp", steps=1500, budget_steps=1500, check_seeds="1,2", check_steps=1000)
+    checked: list[tuple[Setting, int]] = []
+
+    def lookup(setting: Setting, steps: int, seed: int = 0) -> dict:
+        if seed:
+            assert steps == 1000
+            checked.append((setting, seed))
+        if setting.method == "kl":
+            kl = 0.05 + abs(math.log10(setting.learning_rate / 2e-3))
+        else:
+            kl = 0.04 + abs(math.log10(setting.alpha / 0.03)) + abs(math.log10(setting.learning_rate / 1e-3))
+        dead = setting.method == "kl" and setting.learning_rate >= 2e-3 and seed == 2
+        last = {"grad_cosine": 0.0, "grad_rel_l2": 1.0} if dead else {"grad_cosine": 0.4, "grad_rel_l2": 0.9}
+        return {"history": [{"step": 500 * (i + 1), "kl": 4.5 if dead else kl, **last} for i in range(3)]}
+
+    choice = choose(cfg, 0.8, lookup)
+    assert choice.kl == Setting("kl", 1e-3)
+    assert choice.sobolev == Setting("sobolev", 1e-3, 0.03)
+    assert checked == [
+        (Setting("kl", 2e-3), 1),
+        (Setting("kl", 2e-3), 2),
+        (Setting("kl", 1e-3), 1),
+        (Setting("kl", 1e-3), 2),
+        (choice.sobolev, 1),
+        (choice.sobolev, 2),
+    ]
+    # Dead at every rate down the ladder: refused in argument terms.
+    with pytest.raises(UserError, match="add lower values to `learning_rates`"):
+        choose(
+            TuneConfig(estimators="vjp", steps=1500, budget_steps=1500, learning_rates="1e-3,2e-3"),
+            0.8,
+            lambda s, n, seed=0: lookup(Setting("kl", 2e-3), n, 2) if seed else lookup(s, n),
+        )
+    # No check seeds: the walk's choice stands.
+    assert choose(dataclasses.replace(cfg, check_seeds=""), 0.8, lookup).kl == Setting("kl", 2e-3)
+
+
+@pytest.mark.parametrize("seeds", ["0,1", "1,1", "x", "-1"])
+def test_check_seeds_must_be_distinct_and_not_the_walks_seed(seeds: str) -> None:
+    with pytest.raises(UserError, match="`check_seeds`"):
+        TuneConfig(check_seeds=seeds)
+
+
+def test_check_runs_are_rows_of_their_seed_and_shown_on_the_page(tiny_tune_config, tmp_path) -> None:
+    """A real search with one check seed: each method's choice runs again with seed 1, for
+    check_steps; the rows carry the seed, the page labels them, and the entry says so."""
+    cfg = tiny_tune_config(tmp_path, learning_rates="1e-3", alphas="0.01", estimators="vjp",
+                           check_seeds="1", check_steps=2)  # fmt: skip
+    result = tune(cfg)
+    rows = read_rows(tmp_path / "pong.jsonl")
+    checks = [r for r in rows if r["seed"] == 1]
+    assert {(r["method"], r["steps"]) for r in checks} == {("kl", 2), ("sobolev", 2)}
+    assert all("seed1" in r["run_dir"] for r in checks)
+    page = (tmp_path / "pong.md").read_text()
+    assert page.count("(check, seed 1)") == 2
+    assert "checked to train, not die, with seeds 1 in 2-step runs" in result["entry"]["chosen_by"]
+    # Read again from the rows, nothing runs.
+    assert tune(dataclasses.replace(cfg, report_only=True))["entry"] == result["entry"]
 
 
 def test_writing_an_entry_refuses_to_pair_tuned_values_with_another_student(tmp_path) -> None:

@@ -13,7 +13,8 @@ before the cut, ``validation_boundary previous``: at 5% a Pong episode is half t
 The score of a run is its validation KL after its last step (as the grid reports its runs); a
 setting whose student collapses late scores what it ends with, not its best evaluation.
 
-Per tuned fraction, one seed, in this order (each stage starts from the last one's choice):
+Per tuned fraction, one seed (and the check seeds of step 3), in this order (each stage starts from
+the last one's choice):
 
 1. ``kl``: the learning rate of KL-only students, by a walk along the ``learning_rates`` ladder
    from ``start_learning_rate`` (:func:`ladder_search`).
@@ -26,6 +27,11 @@ Per tuned fraction, one seed, in this order (each stage starts from the last one
 3. Each other estimator of ``estimators`` (default fd): alpha along the ladder from its own
    default (the terms differ in scale), at the Sobolev learning rate. The estimator with the
    lowest score wins.
+   Each method's choice (KL only's before the Sobolev walk starts from its learning rate) is then
+   run with the ``check_seeds`` for ``check_steps``: where a student ends dead, the choice moves
+   one step down the learning-rate ladder and is checked again. One seed's walk can stop at the
+   edge of a cliff: on Pong at 80%, KL only's lr 2e-3 won with seed 0 and killed the student with
+   seed 2 (on the grid's recording with seeds 0 and 1 at 80%, and all three at 30%).
 4. Budget: a method's step budget is the first evaluation of its winner after which no later
    one lowers the validation KL by more than ``plateau_tolerance`` (relative). Where fewer than
    two of the search run's evaluations follow that step (it was still improving), the run is
@@ -66,6 +72,7 @@ from policy_distill.errors import (
     within,
 )
 from policy_distill.losses import SOBOLEV_ESTIMATORS
+from policy_distill.metrics import has_no_input_gradient
 from policy_distill.settings import PRECISION_CHOICES, game_info
 
 from .sweep import DEFAULT_FRACTIONS, DEFAULT_HPARAMS, append_row, parse_fractions, read_rows, resume_step
@@ -130,7 +137,14 @@ class TuneConfig(TrainingSchedule):
     plateau_tolerance: float = 0.02
     """A budget is reached once no later evaluation lowers validation KL by more than this share."""
     seed: int = 0
-    """Seed of every run (one seed: the search walks; the grid's seeds are 0-2)."""
+    """Seed of every run of the walk (one seed: the search walks; the grid's seeds are 0-2)."""
+    check_seeds: str = "1,2"
+    """Seeds each chosen setting is also run with, for ``check_steps``, to check that its
+    student trains (comma-separated; empty: no check). A setting whose student dies with one of
+    them steps down the learning-rate ladder."""
+    check_steps: int = 1_000
+    """Steps of each check run: dead students are dead by step 500 (Pong at lr 2e-3), and live
+    ones have left the constant policy they start at by step 1,000 (``COLLAPSE_WARNING_STEP``)."""
     precision: str = "fp32"
     """fp32 (default: the same cells on every CPU, AVX2 or AVX-512), bf16 or auto."""
     results: str = "docs/tuning/{game}.jsonl"
@@ -160,6 +174,7 @@ class TuneConfig(TrainingSchedule):
                 within(self, "validation_fraction", 0, 1, open_low=True, open_high=True),
                 within(self, "plateau_tolerance", 0, 1, open_high=True),
                 at_least(self, "steps", 1),
+                at_least(self, "check_steps", 1),
                 at_least(self, "seed", 0),
                 within(self, "recording_seed", 0, MAX_ENV_SEED),
                 at_least(self, "recording_frames", 1),
@@ -178,6 +193,7 @@ class TuneConfig(TrainingSchedule):
         self.fraction_list()
         self.alpha_ladder()
         self.estimator_list()
+        self.check_seed_list()
         parse_fractions(self.grid_fractions)
 
     def fraction_list(self) -> list[float]:
@@ -188,6 +204,18 @@ class TuneConfig(TrainingSchedule):
 
     def alpha_ladder(self) -> list[float]:
         return _ladder(self.alphas, "alphas", high=math.inf)
+
+    def check_seed_list(self) -> list[int]:
+        try:
+            seeds = [int(v) for v in self.check_seeds.split(",") if v.strip()]
+        except ValueError:
+            seeds = [-1]
+        if any(v < 0 for v in seeds) or self.seed in seeds or len(set(seeds)) < len(seeds):
+            raise UserError(
+                f"`check_seeds` {self.check_seeds!r}: use distinct comma-separated seeds >= 0 other than "
+                f"`seed` ({self.seed}), or an empty string for no check"
+            )
+        return seeds
 
     def estimator_list(self) -> list[str]:
         names = [e.strip() for e in self.estimators.split(",") if e.strip()]
@@ -297,9 +325,14 @@ class Choice:
     """Per method: steps of the winner's run the budget was read from (search or continued)."""
 
 
-def choose(cfg: TuneConfig, fraction: float, lookup: Callable[[Setting, int], dict[str, Any]]) -> Choice:
+Lookup = Callable[..., dict[str, Any]]
+"""``(setting, steps[, seed]) -> row``: see :func:`choose`."""
+
+
+def choose(cfg: TuneConfig, fraction: float, lookup: Lookup) -> Choice:
     """The walk of the module docstring at one fraction. ``lookup(setting, steps)`` returns the
-    run's row (running it, or reading it: :class:`NotRun` where it has none).
+    run's row with ``cfg.seed``, ``lookup(setting, steps, seed)`` with another (running it, or
+    reading it: :class:`NotRun` where it has none).
 
     Raises:
         UserError: every value of a ladder diverged (the fix: lower values on it).
@@ -317,8 +350,22 @@ def choose(cfg: TuneConfig, fraction: float, lookup: Callable[[Setting, int], di
             )
         return chosen
 
+    def trains_with_every_seed(setting: Setting) -> Setting:
+        """``setting``, or the first learning rate down its ladder whose students train with
+        every check seed (each run at ``check_steps``; one that ends dead fails the check)."""
+        while any(ended_dead(lookup(setting, cfg.check_steps, seed)) for seed in cfg.check_seed_list()):
+            lower = [v for v in lrs if v < setting.learning_rate]
+            if not lower:
+                raise UserError(
+                    f"{setting.label()} at fraction {fraction:g}: students die with a check seed at every "
+                    "learning rate down the ladder; add lower values to `learning_rates`"
+                )
+            setting = dataclasses.replace(setting, learning_rate=max(lower))
+        return setting
+
     lrs, alphas = cfg.lr_ladder(), cfg.alpha_ladder()
     kl = walk(lrs, cfg.start_learning_rate, lambda lr: Setting("kl", lr), "learning_rates")
+    kl = trains_with_every_seed(kl)
     lr, first_alpha = kl.learning_rate, nearest(alphas, TUNED_ALPHA["vjp"])
     while ended_dead(lookup(Setting("sobolev", lr, first_alpha), cfg.steps)) and min(lrs) < lr:
         lr = max(v for v in lrs if v < lr)
@@ -334,6 +381,7 @@ def choose(cfg: TuneConfig, fraction: float, lookup: Callable[[Setting, int], di
         )
         if score(candidate) < score(best):
             best = candidate
+    best = trains_with_every_seed(best)
     winners = {"kl": kl, "sobolev": best}
     budgets, converged, budget_runs = {}, {}, {}
     for method, setting in winners.items():
@@ -356,29 +404,15 @@ def _curve(row: dict[str, Any]) -> list[tuple[int, float]]:
     return [(h["step"], h["kl"]) for h in row["history"]]
 
 
-DEAD_TOLERANCE = 1e-3
-"""How near a dead student's gradient cosine is to 0 and its relative L2 error to 1. Dead Pong
-students ended at cosine 0 exactly, 2e-5 (alpha 0.003) or -2e-4 (KL only at 5%); the live
-students of every search so far at 0.009 or more (KL-only ones, which hardly match the
-teacher's gradients). The relative L2 error alone does not tell them apart: a live one ended at
-0.999."""
-
-
 def ended_dead(row: dict[str, Any]) -> bool:
     """Whether a run's student ended with (almost) no input-gradient on the fidelity frames:
-    gradient cosine 0 and relative L2 error 1 within ``DEAD_TOLERANCE``, as when every unit of a
-    ReLU layer is dead. Its policy then no longer depends on the frame (a constant policy),
-    whatever alpha asked of its gradients."""
+    gradient cosine 0 and relative L2 error 1
+    (:func:`~policy_distill.metrics.has_no_input_gradient`), as when every unit of a ReLU layer is
+    dead. Its policy then no longer depends on the frame (a constant policy), whatever alpha asked
+    of its gradients."""
     if row.get("diverged") or not row["history"]:
         return False
-    last = row["history"][-1]
-    cosine, rel_l2 = last.get("grad_cosine"), last.get("grad_rel_l2")
-    return (
-        cosine is not None
-        and rel_l2 is not None
-        and abs(cosine) < DEAD_TOLERANCE
-        and abs(rel_l2 - 1.0) < DEAD_TOLERANCE
-    )
+    return has_no_input_gradient(row["history"][-1])
 
 
 def _score(row: dict[str, Any]) -> float:
@@ -400,7 +434,9 @@ def row_key(row: dict[str, Any]) -> tuple[Any, ...]:
     return tuple(row.get(k) for k in KEY_FIELDS)
 
 
-def _key(cfg: TuneConfig, fraction: float, setting: Setting, steps: int, precision: str) -> tuple[Any, ...]:
+def _key(
+    cfg: TuneConfig, fraction: float, setting: Setting, steps: int, precision: str, seed: int
+) -> tuple[Any, ...]:
     return (
         cfg.game,
         fraction,
@@ -410,7 +446,7 @@ def _key(cfg: TuneConfig, fraction: float, setting: Setting, steps: int, precisi
         setting.learning_rate,
         setting.alpha,
         steps,
-        cfg.seed,
+        seed,
         precision,
         cfg.batch_size,
         cfg.eval_every,
@@ -437,12 +473,14 @@ class Runner:
         mine = {
             "game": cfg.game,
             "validation_fraction": cfg.validation_fraction,
-            "seed": cfg.seed,
             "precision": self.precision,
             **{k: getattr(cfg, k) for k in ("batch_size", "eval_every", "eval_frames", "fidelity_frames")},
         }
+        seeds = {cfg.seed, *cfg.check_seed_list()}
         self.rows = {
-            row_key(r): r for r in read_rows(self.results) if all(r.get(k) == v for k, v in mine.items())
+            row_key(r): r
+            for r in read_rows(self.results)
+            if all(r.get(k) == v for k, v in mine.items()) and r.get("seed") in seeds
         }
         self.teacher_sha256 = load_teacher(cfg.teacher or cfg.game, game=cfg.game).source.sha256
         self._check_provenance()
@@ -470,17 +508,20 @@ class Runner:
                     "pass a new `results` and `runs_dir`"
                 )
 
-    def lookup_at(self, fraction: float) -> Callable[[Setting, int], dict[str, Any]]:
-        return lambda setting, steps: self.lookup(fraction, setting, steps)
+    def lookup_at(self, fraction: float) -> Lookup:
+        return lambda setting, steps, seed=None: self.lookup(fraction, setting, steps, seed)
 
-    def lookup(self, fraction: float, setting: Setting, steps: int) -> dict[str, Any]:
-        key = _key(self.cfg, fraction, setting, steps, self.precision)
+    def lookup(
+        self, fraction: float, setting: Setting, steps: int, seed: int | None = None
+    ) -> dict[str, Any]:
+        seed = self.cfg.seed if seed is None else seed
+        key = _key(self.cfg, fraction, setting, steps, self.precision, seed)
         if key in self.rows:
             return self.rows[key]
         if not self.run:
-            raise NotRun(f"frac {fraction:g} {setting.label()} {steps} steps")
+            raise NotRun(f"frac {fraction:g} {setting.label()} {steps} steps seed {seed}")
         self._check_provenance()  # again: a search runs for hours, and the recording may change
-        row = self._distill(fraction, setting, steps, key)
+        row = self._distill(fraction, setting, steps, key, seed)
         earlier = {r.get("dataset_sha256") for r in self.rows.values()}
         if earlier and row["dataset_sha256"] not in earlier:  # changed while this run loaded it
             raise UserError(
@@ -492,7 +533,7 @@ class Runner:
         self.ran += 1
         return row
 
-    def run_name(self, fraction: float, setting: Setting) -> str:
+    def run_name(self, fraction: float, setting: Setting, seed: int) -> str:
         """One directory per setting of this search (the search and continued runs share it)."""
         cfg = self.cfg
         schedule = {
@@ -504,10 +545,12 @@ class Runner:
             if schedule == default
             else "-" + hashlib.sha256(json.dumps(schedule, sort_keys=True).encode()).hexdigest()[:8]
         )
-        name = f"frac{fraction:g}-val{cfg.validation_fraction:g}-{setting.label()}-seed{cfg.seed}"
+        name = f"frac{fraction:g}-val{cfg.validation_fraction:g}-{setting.label()}-seed{seed}"
         return f"{name}-{self.precision}{tag}"
 
-    def _distill(self, fraction: float, setting: Setting, steps: int, key: tuple[Any, ...]) -> dict[str, Any]:
+    def _distill(
+        self, fraction: float, setting: Setting, steps: int, key: tuple[Any, ...], seed: int
+    ) -> dict[str, Any]:
         from policy_distill.checkpoint import safe_torch_load
         from policy_distill.dataset import load_dataset
         from policy_distill.devices import cpu_capability
@@ -525,14 +568,15 @@ class Runner:
             learning_rate=setting.learning_rate,
             alpha=setting.alpha,
             sobolev_estimator=setting.sobolev_estimator,
-            seed=cfg.seed,
+            seed=seed,
             precision=self.precision,
-            run=self.run_name(fraction, setting),
+            run=self.run_name(fraction, setting, seed),
             runs_dir=cfg.runs_dir,
             **{f.name: getattr(cfg, f.name) for f in dataclasses.fields(TrainingSchedule)},
         )
         print(
-            f"tune {cfg.game} frac {fraction:g}: {setting.label()} to step {steps} in {run_cfg.run_dir}",
+            f"tune {cfg.game} frac {fraction:g}: {setting.label()} seed {seed} to step {steps} in "
+            f"{run_cfg.run_dir}",
             flush=True,
         )
         # A run continued from its directory (a budget run, or one a stopped session left) is
@@ -727,7 +771,14 @@ def hparams_entry(
         + f" (validation split: the last {cfg.validation_fraction:g} of each tuned "
         f"fraction's training part, from the episode start before the cut; never the test part), "
         f"tuned at fractions {', '.join(f'{f:g}' for f in tuned)}, seed {cfg.seed}, {precision}: "
-        f"learning rate, alpha and estimator by the lowest final validation KL of {cfg.steps}-step runs, "
+        f"learning rate, alpha and estimator by the lowest final validation KL of {cfg.steps}-step runs"
+        + (
+            f" (each choice checked to train, not die, with seeds {cfg.check_seeds} in "
+            f"{cfg.check_steps}-step runs, else a learning rate lower)"
+            if cfg.check_seed_list()
+            else ""
+        )
+        + ", "
         f"steps by where validation KL stops improving (within {cfg.plateau_tolerance:g}) in runs "
         f"continued to {cfg.budget_steps} ({'; '.join(converged)}). Runs and walk: "
         f"{cfg.path(cfg.out)}."
@@ -844,7 +895,8 @@ def render_page(
         "`policy_distill/experiments/tune.py`: per tuned fraction the learning rate (KL only), "
         "then alpha and the learning rate (Sobolev, vjp; first one step down the learning rate where "
         "the default alpha's student dies), then the other estimators' alpha, each "
-        "by the lowest final validation KL; then each winner continued to find "
+        "by the lowest final validation KL; each method's choice checked to train with other seeds "
+        "(a learning rate lower where a student dies); then each winner continued to find "
         "its step budget. The test part of the recording is never read.",
         "",
         "```bash",
@@ -883,6 +935,8 @@ def render_page(
         ]
         for r in here:
             label = Setting(r["method"], r["learning_rate"], r["alpha"], r["sobolev_estimator"]).label()
+            if r["seed"] != cfg.seed:
+                label += f" (check, seed {r['seed']})"
             if r.get("diverged") or not r["history"]:
                 lines.append(f"| {label} | {r['steps']} | diverged | | | | | {_wall_time(r)} |")
                 continue
