@@ -105,9 +105,22 @@ class EvaluateConfig:
     """Teacher to compare with (default: the one the student was distilled from)."""
     no_teacher: bool = False
     """Do not play the teacher."""
+    visited_kl: bool = False
+    """Also measure, per game, the student's mean KL to the teacher on the frames the student
+    visited (one teacher forward per step): a lost game whose frames the student imitates badly
+    is one where it drifted from the states of the teacher's games."""
 
     def __post_init__(self) -> None:
-        check_fields("evaluation settings", [at_least(self, "episodes", 1), _env_seed(self)])
+        check_fields(
+            "evaluation settings",
+            [
+                at_least(self, "episodes", 1),
+                _env_seed(self),
+                ("visited_kl", "needs the teacher: leave out `no_teacher`")
+                if self.visited_kl and self.no_teacher
+                else None,
+            ],
+        )
 
 
 # --- Commands -----------------------------------------------------------------------------------
@@ -204,11 +217,23 @@ def cmd_evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
         teacher_ref = cfg.teacher or recorded or settings.game
         teacher = load_teacher(teacher_ref, game=settings.game, settings=settings)
     result: dict[str, Any] = {"checkpoint": cfg.checkpoint, "game": settings.game}
-    s = evaluate_policy(student, settings, cfg.episodes, seed=cfg.seed, greedy=cfg.greedy)
+    s = evaluate_policy(
+        student,
+        settings,
+        cfg.episodes,
+        seed=cfg.seed,
+        greedy=cfg.greedy,
+        reference=teacher if cfg.visited_kl else None,
+    )
     print(
         f"student {cfg.checkpoint}: {s.mean:.2f} +- {s.std:.2f} over {cfg.episodes} games "
         f"(human-normalised {s.human_normalized:.3f})"
     )
+    if s.visited_kl is not None:
+        print(
+            "  per game, score (student's mean KL to the teacher on the frames it visited): "
+            + ", ".join(f"{score:g} ({kl:.3f})" for score, kl in zip(s.scores, s.visited_kl, strict=True))
+        )
     result["student"] = s.summary()
     if teacher is not None:
         t = evaluate_policy(teacher, settings, cfg.episodes, seed=cfg.seed, greedy=cfg.greedy)

@@ -8,7 +8,8 @@ import numpy as np
 import torch
 
 from policy_distill.envs import GameTracker, make_vector_env
-from policy_distill.policy import Policy, act
+from policy_distill.losses import kl_divergence
+from policy_distill.policy import Policy, sample_actions, to_float
 from policy_distill.settings import EnvSettings, human_normalized
 
 
@@ -19,6 +20,10 @@ class Scores:
     game: str
     scores: list[float]
     lengths: list[int]
+    visited_kl: list[float] | None = None
+    """Per game, the mean KL(policy || reference) over the frames the policy acted on, where a
+    reference policy was given: how far from its teacher a student is on its own games' states,
+    not on the teacher's (which the held-out KL measures)."""
 
     @property
     def mean(self) -> float:
@@ -41,6 +46,7 @@ class Scores:
             "scores": self.scores,
             # Agent steps per game: a policy caught in a loop shows as games of one length.
             "lengths": self.lengths,
+            **({"visited_kl": self.visited_kl} if self.visited_kl is not None else {}),
         }
 
 
@@ -54,6 +60,7 @@ def evaluate_policy(
     num_envs: int = 8,
     greedy: bool = False,
     device: torch.device | str = "cpu",
+    reference: Policy | None = None,
 ) -> Scores:
     """Play ``episodes`` whole games and return their raw (unclipped) scores.
 
@@ -66,6 +73,9 @@ def evaluate_policy(
         episodes: Number of games.
         seed: Emulator and sampling seed (distinct from collection's default seed 0).
         greedy: Argmax actions instead of sampling from the policy.
+        reference: A policy (the teacher) to measure ``policy`` against on the frames it acts
+            on (:attr:`Scores.visited_kl`); it plays no part in the games, so the scores are
+            those of an evaluation without it.
     """
     num_envs = max(1, min(num_envs, episodes))
     quota = np.full(num_envs, episodes // num_envs)
@@ -78,14 +88,19 @@ def evaluate_policy(
     generator = torch.Generator().manual_seed(seed)
     scores: list[float] = []
     lengths: list[int] = []
+    visited_kl: list[float] = []
+    kl_sum = np.zeros(num_envs)  # per environment, over its current game's frames
+    kl_frames = np.zeros(num_envs, dtype=np.int64)
     played = np.zeros(num_envs, dtype=np.int64)
     while (played < quota).any():
-        actions = act(
-            policy,
-            torch.from_numpy(obs).to(device),
-            greedy=greedy,
-            generator=generator if torch.device(device).type == "cpu" else None,
+        x = to_float(torch.from_numpy(obs).to(device))
+        logp = policy.log_probs(x)
+        actions = sample_actions(
+            logp, greedy=greedy, generator=generator if torch.device(device).type == "cpu" else None
         )
+        if reference is not None:
+            kl_sum += kl_divergence(logp, reference.log_probs(x), per_sample=True).double().cpu().numpy()
+            kl_frames += 1
         obs, reward, terminated, truncated, info = env.step(actions.cpu().numpy().astype(np.int64))
         game_over, ended_scores, ended_lengths = tracker.update(
             env_ids, reward, terminated, truncated, info["episode_frame_number"]
@@ -94,6 +109,13 @@ def evaluate_policy(
             if played[e] < quota[e]:
                 scores.append(float(score))
                 lengths.append(int(length))
+                visited_kl.append(float(kl_sum[e] / max(kl_frames[e], 1)))
             played[e] += 1
+            kl_sum[e], kl_frames[e] = 0.0, 0
     env.close()
-    return Scores(game=settings.game, scores=scores, lengths=lengths)
+    return Scores(
+        game=settings.game,
+        scores=scores,
+        lengths=lengths,
+        visited_kl=visited_kl if reference is not None else None,
+    )

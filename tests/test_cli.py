@@ -161,3 +161,21 @@ def test_evaluate_names_the_flags_that_fix_a_moved_teacher(moved_teacher_student
     assert main(args) == 0
     record = json.loads(capsys.readouterr().out.splitlines()[-1])
     assert record["teacher"]["episodes"] == 1 and "student_over_teacher_hns" in record
+
+
+def test_evaluate_visited_kl_prints_each_games_kl_and_needs_the_teacher(
+    moved_teacher_student, capsys
+) -> None:
+    from policy_distill.cli import main
+
+    best, teacher = moved_teacher_student
+    args = ["evaluate", "--checkpoint", best, "--episodes", "2", "--teacher", teacher, "--visited-kl"]
+    args.append("--json")
+    assert main(args) == 0
+    out = capsys.readouterr().out.splitlines()
+    record = json.loads(out[-1])
+    kls = record["student"]["visited_kl"]
+    assert len(kls) == 2 and all(kl >= 0 for kl in kls)
+    assert any(line.startswith("  per game, score (student's mean KL") for line in out)
+    assert main(["evaluate", "--checkpoint", best, "--no-teacher", "--visited-kl"]) == 2
+    assert "--visited-kl needs the teacher: leave out `--no-teacher`" in capsys.readouterr().err

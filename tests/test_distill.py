@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 
 import numpy as np
@@ -263,6 +264,29 @@ def test_evaluation_plays_whole_games_with_raw_scores(short_settings, tiny) -> N
     assert all(float(s).is_integer() and -21 <= s <= 21 for s in scores.scores)
     assert all(0 < n <= 240 // 4 for n in scores.lengths)
     assert scores.summary()["lengths"] == scores.lengths  # printed by `evaluate --json`
+
+
+def test_visited_kl_is_zero_against_itself_and_leaves_the_games_unchanged(short_settings, tiny) -> None:
+    """Measured against a reference, the policy plays the same games (same seed, same scores);
+    against itself every game's visited KL is 0, against another policy it is positive."""
+    teacher = load_teacher(tiny / "teacher.pt")
+    plain = evaluate_policy(teacher, short_settings, episodes=3, num_envs=2, seed=5)
+    assert plain.visited_kl is None and "visited_kl" not in plain.summary()
+    itself = evaluate_policy(teacher, short_settings, episodes=3, num_envs=2, seed=5, reference=teacher)
+    assert (itself.scores, itself.lengths) == (plain.scores, plain.lengths)
+    assert itself.visited_kl == pytest.approx([0.0] * 3, abs=1e-6)
+
+    class Uniform:
+        num_actions = 6
+
+        def log_probs(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.full((len(x), 6), -math.log(6))
+
+    other = evaluate_policy(teacher, short_settings, episodes=3, num_envs=2, seed=5, reference=Uniform())
+    assert (other.scores, other.lengths) == (plain.scores, plain.lengths)
+    # KL(teacher || uniform) = log 6 - H(teacher) per frame: positive unless the teacher is uniform.
+    assert len(other.visited_kl) == 3 and all(0 < kl <= math.log(6) for kl in other.visited_kl)
+    assert other.summary()["visited_kl"] == other.visited_kl
 
 
 def test_package_level_loaders(tiny, tiny_distill_config) -> None:
