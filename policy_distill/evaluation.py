@@ -74,8 +74,8 @@ def evaluate_policy(
         seed: Emulator and sampling seed (distinct from collection's default seed 0).
         greedy: Argmax actions instead of sampling from the policy.
         reference: A policy (the teacher) to measure ``policy`` against on the frames it acts
-            on (:attr:`Scores.visited_kl`); it plays no part in the games, so the scores are
-            those of an evaluation without it.
+            on (:attr:`Scores.visited_kl`), on ``device`` like ``policy``; it plays no part in
+            the games, so the scores are those of an evaluation without it.
     """
     num_envs = max(1, min(num_envs, episodes))
     quota = np.full(num_envs, episodes // num_envs)

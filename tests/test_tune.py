@@ -27,6 +27,7 @@ from policy_distill.experiments.tune import (
     plateau_step,
     read_rows,
     tune,
+    walk_rows,
 )
 
 
@@ -229,8 +230,24 @@ def test_a_choice_whose_student_dies_with_a_check_seed_steps_down_the_learning_r
             0.8,
             lambda s, n, seed=0: lookup(Setting("kl", 2e-3), n, 2) if seed else lookup(s, n),
         )
+
+    # A check run that diverged, or left no evaluation, fails the check too.
+    def diverging(setting: Setting, steps: int, seed: int = 0) -> dict:
+        return (
+            {"diverged": True, "history": []}
+            if seed and setting.learning_rate >= 2e-3
+            else lookup(setting, steps)
+        )
+
+    assert choose(cfg, 0.8, diverging).kl == Setting("kl", 1e-3)
     # No check seeds: the walk's choice stands.
     assert choose(dataclasses.replace(cfg, check_seeds=""), 0.8, lookup).kl == Setting("kl", 2e-3)
+
+
+def test_walk_rows_are_the_seed_most_rows_have_at_its_shortest_runs() -> None:
+    rows = [{"seed": 0, "steps": 3000}] * 5 + [{"seed": 0, "steps": 6000}] + [{"seed": 1, "steps": 1000}] * 2
+    assert walk_rows(rows) == (3000, 0)
+    assert walk_rows([]) is None
 
 
 @pytest.mark.parametrize("seeds", ["0,1", "1,1", "x", "-1"])
@@ -251,6 +268,8 @@ def test_check_runs_are_rows_of_their_seed_and_shown_on_the_page(tiny_tune_confi
     assert all("seed1" in r["run_dir"] for r in checks)
     page = (tmp_path / "pong.md").read_text()
     assert page.count("(check, seed 1)") == 2
+    # The alpha table counts the walk's runs only, though the check runs have as many steps.
+    assert "| 0 | 1 | " in page and "| 0.01 | 1 | " in page
     assert "checked to train, not die, with seeds 1 in 2-step runs" in result["entry"]["chosen_by"]
     # Read again from the rows, nothing runs.
     assert tune(dataclasses.replace(cfg, report_only=True))["entry"] == result["entry"]

@@ -888,7 +888,7 @@ def _search_hours(summary: Summary, cfg: ReportConfig) -> list[tuple[str, int, f
 def _alpha_section(summary: Summary, cfg: ReportConfig) -> list[str]:
     """Per game and tuned fraction, validation KL at each alpha against KL only, from the search:
     how much the Sobolev term can buy on that game, and how narrow the window of alpha is."""
-    from policy_distill.experiments.tune import lowest_by_alpha
+    from policy_distill.experiments.tune import lowest_by_alpha, walk_rows
 
     found = []  # (game, fraction, {alpha: relative to KL only}, chosen alpha)
     for game in summary.hparams:
@@ -896,7 +896,10 @@ def _alpha_section(summary: Summary, cfg: ReportConfig) -> list[str]:
         rows = [r for r in _search_rows(summary, cfg, game) if all(r.get(k) is not None for k in needed)]
         for f in sorted({r["train_fraction"] for r in rows}):
             at = [r for r in rows if r["train_fraction"] == f]
-            best = lowest_by_alpha(at, min(r["steps"] for r in at))
+            walk = walk_rows(at)
+            if walk is None:
+                continue
+            best = lowest_by_alpha(at, *walk)
             if 0.0 not in best or len(best) < 2:
                 continue
             kl_only = best[0.0]["history"][-1]["kl"]

@@ -29,7 +29,9 @@ the last one's choice):
    lowest score wins.
    Each method's choice (KL only's before the Sobolev walk starts from its learning rate) is then
    run with the ``check_seeds`` for ``check_steps``: where a student ends dead, the choice moves
-   one step down the learning-rate ladder and is checked again. One seed's walk can stop at the
+   one step down the learning-rate ladder and is checked again (with the check seeds only; the
+   walk is not redone at the lower rate: a Sobolev choice keeps its alpha and estimator). One
+   seed's walk can stop at the
    edge of a cliff: on Pong at 80%, KL only's lr 2e-3 won with seed 0 and killed the student with
    seed 2 (on the grid's recording with seeds 0 and 1 at 80%, and all three at 30%).
 4. Budget: a method's step budget is the first evaluation of its winner after which no later
@@ -353,7 +355,7 @@ def choose(cfg: TuneConfig, fraction: float, lookup: Lookup) -> Choice:
     def trains_with_every_seed(setting: Setting) -> Setting:
         """``setting``, or the first learning rate down its ladder whose students train with
         every check seed (each run at ``check_steps``; one that ends dead fails the check)."""
-        while any(ended_dead(lookup(setting, cfg.check_steps, seed)) for seed in cfg.check_seed_list()):
+        while any(_fails_check(lookup(setting, cfg.check_steps, seed)) for seed in cfg.check_seed_list()):
             lower = [v for v in lrs if v < setting.learning_rate]
             if not lower:
                 raise UserError(
@@ -402,6 +404,11 @@ def choose(cfg: TuneConfig, fraction: float, lookup: Lookup) -> Choice:
 def _curve(row: dict[str, Any]) -> list[tuple[int, float]]:
     """``[(step, validation KL), ...]`` of a run, in step order."""
     return [(h["step"], h["kl"]) for h in row["history"]]
+
+
+def _fails_check(row: dict[str, Any]) -> bool:
+    """Whether a check run's student did not train: it ended dead, diverged, or has no evaluation."""
+    return bool(row.get("diverged")) or not row["history"] or ended_dead(row)
 
 
 def ended_dead(row: dict[str, Any]) -> bool:
@@ -825,28 +832,42 @@ def _number(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.4f}"
 
 
-def runs_by_alpha(rows: Sequence[dict[str, Any]], steps: int) -> dict[float, list[dict[str, Any]]]:
-    """The ``steps``-step runs of one fraction's search (budget runs ran longer) that did not
-    diverge, grouped by alpha (0: KL only)."""
+def runs_by_alpha(
+    rows: Sequence[dict[str, Any]], steps: int, seed: int | None
+) -> dict[float, list[dict[str, Any]]]:
+    """The walk's runs of one fraction's search: ``steps`` steps (budget runs ran longer) with the
+    walk's ``seed`` (check runs have others), that did not diverge, grouped by alpha (0: KL only)."""
     by_alpha: dict[float, list[dict[str, Any]]] = {}
     for r in rows:
-        if r["steps"] == steps and not r.get("diverged") and r["history"]:
+        if r["steps"] == steps and r.get("seed") == seed and not r.get("diverged") and r["history"]:
             by_alpha.setdefault(0.0 if r["method"] == "kl" else float(r["alpha"]), []).append(r)
     return by_alpha
 
 
-def lowest_by_alpha(rows: Sequence[dict[str, Any]], steps: int) -> dict[float, dict[str, Any]]:
+def lowest_by_alpha(
+    rows: Sequence[dict[str, Any]], steps: int, seed: int | None
+) -> dict[float, dict[str, Any]]:
     """Per alpha, the run of :func:`runs_by_alpha` with the lowest final validation KL."""
     return {
         alpha: min(runs, key=lambda r: r["history"][-1]["kl"])
-        for alpha, runs in runs_by_alpha(rows, steps).items()
+        for alpha, runs in runs_by_alpha(rows, steps, seed).items()
     }
+
+
+def walk_rows(rows: Sequence[dict[str, Any]]) -> tuple[int, int | None] | None:
+    """``(steps, seed)`` of the walk's runs among one fraction's search rows: the seed most rows
+    have (check runs are a few per choice) and its shortest runs (budget runs ran longer)."""
+    seeds = [r.get("seed") for r in rows]  # None in rows older than seeds were recorded
+    if not seeds:
+        return None
+    seed = max(set(seeds), key=seeds.count)
+    return min(r["steps"] for r in rows if r.get("seed") == seed), seed
 
 
 def _alpha_table(cfg: TuneConfig, rows: Sequence[dict[str, Any]]) -> list[str]:
     """Per alpha, the lowest final validation KL of the search-length runs at one fraction."""
-    by_alpha = runs_by_alpha(rows, cfg.steps)
-    best = lowest_by_alpha(rows, cfg.steps)
+    by_alpha = runs_by_alpha(rows, cfg.steps, cfg.seed)
+    best = lowest_by_alpha(rows, cfg.steps, cfg.seed)
     if not best:
         return []
     lines = [
