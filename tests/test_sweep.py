@@ -819,3 +819,38 @@ def test_a_student_field_makes_both_methods_other_cells(
 def test_bad_report_settings_are_refused_before_anything_is_read(changes: dict, expected: str) -> None:
     with pytest.raises(UserError, match=expected):
         ReportConfig(results="nowhere.jsonl", **changes)
+
+
+def test_a_dead_student_is_left_out_of_the_statistics_and_listed(write_hparams, tmp_path) -> None:
+    """A KL-only student at 0.1 whose policy ended constant (cosine 0, relative L2 error 1, KL 5.7
+    as Pong's at lr 1e-3) is a fourth seed of its cell: the cell's interval and the seed-by-seed
+    difference are those of the three live seeds, the seed count says `+1 dead`, and the page
+    lists it; its CPU time still counts."""
+    rows = synthetic_rows(-0.2)
+    dead = next(r for r in rows if (r["method"], r["train_fraction"], r["seed"]) == ("kl", 0.1, 0))
+    dead = {**dead, "seed": 3, **{f"{w}_kl": 5.7 for w in ("final", "best")}}
+    dead.update({f"{w}_grad_cosine": 0.0 for w in ("final", "best")})
+    dead.update({f"{w}_grad_rel_l2": 1.0002 for w in ("final", "best")})
+    hparams = load_hparams(
+        write_hparams(
+            tmp_path / "hparams.json",
+            pong={"learning_rate": 5e-4, "alpha": 1.0, "steps": 3000, "chosen_by": "guess"},
+        )  # fmt: skip
+    )
+    live, with_dead = Summary(rows, hparams, "final"), Summary([*rows, dead], hparams, "final")
+    assert with_dead.cell("pong", "kl", 0.1, "kl") == live.cell("pong", "kl", 0.1, "kl")
+    assert paired_difference(with_dead, "pong", 0.1, "kl") == paired_difference(live, "pong", 0.1, "kl")
+    assert with_dead.dead == [dead] and len(with_dead.students) == len(live.students) + 1
+
+    results = tmp_path / "results.jsonl"
+    for row in [*rows, dead]:
+        append_row(results, row)
+    out = str(tmp_path / "docs")
+    cfg = ReportConfig(
+        results=str(results), hparams=str(tmp_path / "hparams.json"), out=out, fractions="0.1,0.5"
+    )
+    assert make_report(cfg)["dead_rows"] == 1
+    page = (tmp_path / "docs" / "README.md").read_text()
+    assert "| 0.1 | 3 (+1 dead) / 3 |" in page
+    assert "**Dead students, left out of every statistic** (1)" in page
+    assert "pong KL only at 0.1, seed 3 (lr 0.0005, held-out KL 5.7)" in page

@@ -46,6 +46,7 @@ from policy_distill.experiments.sweep import (
     read_rows,
     rows_of_hparams,
 )
+from policy_distill.metrics import has_no_input_gradient
 from policy_distill.settings import game_info
 
 LABELS = {"kl": "KL only", "sobolev": "Sobolev"}
@@ -140,17 +141,22 @@ class Summary:
         self.which = which
         kept, self.excluded = rows_of_hparams(rows, hparams)
         self.students = kept
+        """Every student row made with the file's hyperparameters (dead ones included: CPU time)."""
+        self.dead = [r for r in kept if ended_constant(r, which)]
+        """Students whose policy ended constant: left out of every statistic, listed apart."""
         self.teachers = [r for r in rows if r.get("method") == "teacher"]
         self.hparams = hparams
         seen = sorted({r["game"] for r in kept} | {r["game"] for r in self.teachers})
         self.games = list(hparams) + [g for g in seen if g not in hparams]
 
-    def runs(self, game: str, method: str, fraction: float) -> list[dict[str, Any]]:
+    def runs(self, game: str, method: str, fraction: float, *, dead: bool = False) -> list[dict[str, Any]]:
+        """A cell's live students by seed (``dead``: its dead ones instead)."""
         return sorted(
             (
                 r
                 for r in self.students
                 if (r["game"], r["method"], r["train_fraction"]) == (game, method, fraction)
+                and ended_constant(r, self.which) == dead
             ),
             key=lambda r: r["seed"],
         )
@@ -163,6 +169,34 @@ class Summary:
         field = metric if metric.startswith("score") else f"{self.which}_{metric}"
         values = [r[field] for r in self.runs(game, method, fraction) if r.get(field) is not None]
         return interval(values) if values else None
+
+
+def ended_constant(row: dict[str, Any], which: str = "final") -> bool:
+    """Whether a student row's policy ended constant (no input-gradient on the held-out fidelity
+    frames: :func:`~policy_distill.metrics.has_no_input_gradient`), as Pong's students do where a
+    learning rate kills every unit of a layer. Such a run measures the learning rate's luck, not
+    the method: its held-out KL (4-6 on Pong) would swamp a cell's mean, so the report leaves it
+    out of every statistic and lists it instead."""
+    return has_no_input_gradient(
+        {"grad_cosine": row.get(f"{which}_grad_cosine"), "grad_rel_l2": row.get(f"{which}_grad_rel_l2")}
+    )
+
+
+def _dead_paragraph(summary: Summary) -> list[str]:
+    if not summary.dead:
+        return []
+    listed = "; ".join(
+        f"{r['game']} {LABELS[r['method']]} at {r['train_fraction']:g}, seed {r['seed']} (lr "
+        f"{r['learning_rate']:g}, held-out KL {r[f'{summary.which}_kl']:.3g})"
+        for r in sorted(summary.dead, key=lambda r: (r["game"], r["method"], r["train_fraction"], r["seed"]))
+    )
+    return [
+        f"**Dead students, left out of every statistic** ({len(summary.dead)}): their policy ended "
+        "constant, with no input-gradient left (gradient cosine 0 and relative L2 error 1 on the "
+        f"held-out fidelity frames, every unit of a layer dead): {listed}. The tables' seed counts "
+        "show them as `+n dead`.",
+        "",
+    ]
 
 
 def _gap(kl: Interval, sob: Interval) -> float | None:
@@ -719,7 +753,11 @@ def _metric_table(summary: Summary, game: str, metrics: Sequence[str]) -> list[s
     head = " | ".join(f"{SHORT_LABELS[m]}: {LABELS[k]}" for m in metrics for k in METHODS)
     lines = [f"| fraction | seeds (KL / Sob.) | {head} |", "|---:|---:|" + "---:|" * (2 * len(metrics))]
     for f in summary.fractions(game):
-        n = [len(summary.runs(game, m, f)) for m in METHODS]
+        n = [
+            f"{len(summary.runs(game, m, f))}"
+            + (f" (+{dead} dead)" if (dead := len(summary.runs(game, m, f, dead=True))) else "")
+            for m in METHODS
+        ]
         cells = [fmt(summary.cell(game, m, f, metric)) for metric in metrics for m in METHODS]
         lines.append(f"| {f:g} | {n[0]} / {n[1]} | " + " | ".join(cells) + " |")
     return lines
@@ -1028,6 +1066,7 @@ def write_page(
             f"{summary.excluded} row(s) made with other hyperparameters than `{cfg.hparams}` are left out.",
             "",
         ]
+    lines += _dead_paragraph(summary)
     lines += ["## Setup", "", *_setup(summary, cfg), "", "## Hyperparameters", ""]
     overridden = [(game, o) for game, hp in summary.hparams.items() for o in hp.overrides]
     lines += [
@@ -1282,6 +1321,7 @@ def make_report(cfg: ReportConfig) -> dict[str, Any]:
         "runs": len(summary.students),
         "teacher_rows": len(summary.teachers),
         "excluded_rows": summary.excluded,
+        "dead_rows": len(summary.dead),
         "claims": verdicts,
         "verdicts": per_fraction,
         "paired_verdicts": paired,
