@@ -528,3 +528,12 @@ def test_the_command_line_reports_bad_flags_in_one_line(tmp_path) -> None:
     assert result.returncode == 2
     errors = result.stderr.strip().splitlines()
     assert len(errors) == 1 and "--start-learning-rate 0.003 is not on the ladder" in errors[0]
+
+
+def test_a_page_made_without_the_seed_check_names_it_in_its_commands(tiny_tune_config, tmp_path) -> None:
+    """The tiny search runs without check seeds; its page's commands say so, so that they read
+    the rows back as the walk that made them (with the default check, its fractions would wait
+    for check runs)."""
+    tune(tiny_tune_config(tmp_path, learning_rates="1e-3", alphas="0.01", estimators="vjp"))
+    page = (tmp_path / "pong.md").read_text()
+    assert "--check-seeds ''" in page

@@ -55,6 +55,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import shlex
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -899,6 +900,11 @@ def render_page(
     data_flag = "" if cfg.path(cfg.data) == cfg.path(TuneConfig.data) else f" --data {cfg.data}"
     if cfg.recording_seed != TuneConfig.recording_seed:
         data_flag += f" --recording-seed {cfg.recording_seed}"
+    # A search made before the seed check (or without it) reads back only with its setting.
+    if cfg.check_seeds != TuneConfig.check_seeds:
+        data_flag += f" --check-seeds {shlex.quote(cfg.check_seeds)}"
+    if cfg.check_steps != TuneConfig.check_steps and cfg.check_seed_list():
+        data_flag += f" --check-steps {cfg.check_steps}"
     # A table or page of its own (an archived search, an experiment) is not the game's search:
     # its commands name them, and do not offer to write the game's hparams.json entry.
     own_table = cfg.path(cfg.results) != cfg.path(TuneConfig.results)
@@ -916,9 +922,15 @@ def render_page(
         "`policy_distill/experiments/tune.py`: per tuned fraction the learning rate (KL only), "
         "then alpha and the learning rate (Sobolev, vjp; first one step down the learning rate where "
         "the default alpha's student dies), then the other estimators' alpha, each "
-        "by the lowest final validation KL; each method's choice checked to train with other seeds "
-        "(a learning rate lower where a student dies); then each winner continued to find "
-        "its step budget. The test part of the recording is never read.",
+        "by the lowest final validation KL; "
+        + (
+            "each method's choice checked to train with other seeds (a learning rate lower where a "
+            "student dies); "
+            if cfg.check_seed_list()
+            else "no check with other seeds (`--check-seeds ''`); "
+        )
+        + "then each winner continued to find its step budget. The test part of the recording is "
+        "never read.",
         "",
         "```bash",
         f"python -m policy_distill tune --game {cfg.game}{data_flag} --fractions {cfg.fractions} "
